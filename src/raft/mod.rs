@@ -1,0 +1,32 @@
+//! The consensus core: Raft as plain Rust with no IO, no clock and no
+//! randomness of its own.
+//!
+//! Reading guide, with figure 2 of the paper open:
+//! * `types.rs` — terms, indexes, entries, `HardState` (currentTerm, votedFor).
+//! * `message.rs` — RequestVote, AppendEntries (+ pre-vote, heartbeat).
+//! * `node.rs` — `Raft`: the rules for all servers, followers, candidates
+//!   and leaders; `tick`, `step`, `propose`, `read_index`, `ready`.
+//! * `log.rs` — the log, `commitIndex`, and what is durable.
+//! * `progress.rs` — `nextIndex`/`matchIndex` per follower with flow control.
+//! * `quorum.rs` — majorities.
+//! * `read_only.rs` — ReadIndex rounds for linearizable reads.
+//!
+//! A shell drives it in a loop: feed inputs (`tick`, `step`, `propose`,
+//! `read_index`, `on_persisted`, `report_unreachable`), then take `ready()`
+//! and carry it out: persist (then call `on_persisted`), send the messages,
+//! apply the committed entries, serve the released reads.
+
+pub mod log;
+pub mod message;
+pub mod node;
+pub mod progress;
+pub mod quorum;
+pub mod read_only;
+pub mod types;
+
+#[cfg(test)]
+mod tests;
+
+pub use message::{Body, Message, MessageKind};
+pub use node::{Config, NotLeader, PersistOp, Raft, Ready, replication_target};
+pub use types::{Entry, EntryData, HardState, Index, NodeId, RequestId, Role, Term};

@@ -1,0 +1,1158 @@
+//! The Raft rules: figure 2 of the paper, with pre-vote and check-quorum
+//! from the dissertation (§9.6, §6.2) and ReadIndex reads (§6.4).
+//!
+//! `Raft` does no IO, reads no clock and draws no randomness of its own:
+//! time arrives as `tick()`, messages as `step()`, storage acknowledgements
+//! as `on_persisted()`, and the randomized election timeout comes from a
+//! seeded generator the caller provides. Everything the node must *do* is
+//! collected and handed out by `ready()`.
+//!
+//! Persist before you speak: every message except a leader's AppendEntries
+//! and heartbeats is held back until storage has made durable all state
+//! changes that preceded it (a granted vote waits for `votedFor`, a
+//! successful AppendEntries response waits for the entries). A leader's own
+//! log write runs in parallel with replication, and counts towards the
+//! commit majority only once it is durable.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use bytes::Bytes;
+use log::{debug, info, trace, warn};
+
+use super::log::{Durability, RaftLog};
+use super::message::{Body, Message, MessageKind};
+use super::progress::{Progress, ProgressState};
+use super::quorum::{MajorityConfig, VoteResult};
+use super::read_only::ReadOnly;
+use super::types::{Entry, EntryData, HardState, Index, NodeId, RequestId, Role, Term};
+
+const T_ELECTION: &str = "raftkv::election";
+const T_CONSENSUS: &str = "raftkv::consensus";
+
+/// Settings of the consensus core. Durations are in ticks.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub id: NodeId,
+    /// Every voter, including `id`.
+    pub voters: Vec<NodeId>,
+    /// Base election timeout; each wait is drawn from `[e, 2e)`.
+    pub election_ticks: u64,
+    /// A leader sends heartbeats this often. Must be < `election_ticks`.
+    pub heartbeat_ticks: u64,
+    /// At most this many unanswered AppendEntries per follower (pipelining).
+    pub max_inflight: usize,
+    /// Soft cap on the entry bytes in one AppendEntries.
+    pub max_append_bytes: usize,
+    /// Campaign with a pre-vote first (§9.6), so a node that was cut off
+    /// cannot depose a healthy leader when it comes back.
+    pub pre_vote: bool,
+    /// A leader that has not heard from a majority within an election
+    /// timeout steps down; followers ignore vote requests while they hear
+    /// from a leader (§6.2, §9.6).
+    pub check_quorum: bool,
+    /// Seed for the randomized election timeout.
+    pub seed: u64,
+}
+
+impl Config {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.id == 0 {
+            return Err("node id must be positive".into());
+        }
+        if !self.voters.contains(&self.id) {
+            return Err(format!("voters {:?} must include this node {}", self.voters, self.id));
+        }
+        if self.heartbeat_ticks == 0 || self.heartbeat_ticks >= self.election_ticks {
+            return Err("heartbeat interval must be positive and shorter than the election timeout".into());
+        }
+        if self.max_inflight == 0 {
+            return Err("max_inflight must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// A proposal or read the leader could not take.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NotLeader {
+    /// The leader this node knows of, if any.
+    Leader(Option<NodeId>),
+}
+
+/// Storage must make these changes durable, in this order, then call
+/// `Raft::on_persisted(seq)`: hard state, then truncate the log at
+/// `truncate_from` (remove it and everything after), then append `entries`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PersistOp {
+    pub seq: u64,
+    pub hard_state: Option<HardState>,
+    pub truncate_from: Option<Index>,
+    pub entries: Vec<Entry>,
+}
+
+/// What the node must do now. The shell handles the parts in this order:
+/// `persist` (asynchronously; may overlap with the rest), `messages`,
+/// `committed` (apply in order), then `reads` (after the applies before
+/// them), then the failures.
+#[derive(Clone, Debug, Default)]
+pub struct Ready {
+    pub persist: Option<PersistOp>,
+    pub messages: Vec<Message>,
+    /// Newly committed entries, to apply in order.
+    pub committed: Vec<Entry>,
+    /// Local proposals among `committed`, as (index, request id).
+    pub proposals: Vec<(Index, RequestId)>,
+    /// Reads that may be served once every entry up to `index` is applied.
+    pub reads: Vec<(RequestId, Index)>,
+    /// Reads that will never be confirmed (leadership lost).
+    pub failed_reads: Vec<RequestId>,
+    /// Proposals whose entry was removed from the log: they will never commit.
+    pub dropped_proposals: Vec<RequestId>,
+}
+
+impl Ready {
+    pub fn is_empty(&self) -> bool {
+        self.persist.is_none()
+            && self.messages.is_empty()
+            && self.committed.is_empty()
+            && self.reads.is_empty()
+            && self.failed_reads.is_empty()
+            && self.dropped_proposals.is_empty()
+    }
+}
+
+/// SplitMix64: a tiny seeded generator, so the core's only randomness is
+/// the seed it is given.
+#[derive(Clone, Debug)]
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+}
+
+/// A Raft server's consensus state and rules.
+pub struct Raft {
+    id: NodeId,
+    cfg: Config,
+    voters: MajorityConfig,
+
+    // --- Persistent state on all servers (figure 2) ---
+    /// Latest term this server has seen.
+    current_term: Term,
+    /// Candidate that received this server's vote in `current_term`.
+    voted_for: Option<NodeId>,
+    /// The log, with `commitIndex`.
+    log: RaftLog,
+
+    // --- Volatile state ---
+    role: Role,
+    leader_id: Option<NodeId>,
+    /// Highest index handed to the state machine (`lastApplied` of figure 2,
+    /// from the core's side). Invariant: `applied <= commit_index`.
+    applied: Index,
+    /// Ticks since this node last heard from a leader (or, as leader, since
+    /// the last check-quorum).
+    election_elapsed: u64,
+    heartbeat_elapsed: u64,
+    randomized_election_timeout: u64,
+    /// True until the first election timeout after start: a node that has
+    /// just restarted may have forgotten a leader it heard from.
+    booting: bool,
+    now: u64,
+    rng: SplitMix64,
+
+    /// Candidate and pre-candidate: votes received in this campaign.
+    votes: BTreeMap<NodeId, bool>,
+
+    // --- Volatile state on leaders ---
+    /// `nextIndex` and `matchIndex` of figure 2 with flow control, per peer.
+    progress: BTreeMap<NodeId, Progress>,
+    read_only: ReadOnly,
+    /// Entries proposed through this node that are still in the log and not
+    /// yet applied: index -> request id.
+    proposals: BTreeMap<Index, RequestId>,
+    /// New entries need to go out to the followers in `ready()`.
+    broadcast_pending: bool,
+
+    // --- Output ---
+    durability: Durability,
+    msgs: Vec<Message>,
+    /// Messages waiting for a persist op to complete: (op seq, message).
+    gated: VecDeque<(u64, Message)>,
+    released_reads: Vec<(RequestId, Index)>,
+    failed_reads: Vec<RequestId>,
+    dropped_proposals: Vec<RequestId>,
+}
+
+impl Raft {
+    /// A server restarting from what storage holds: its hard state and log.
+    pub fn new(cfg: Config, hard_state: HardState, entries: Vec<Entry>) -> Self {
+        cfg.validate().expect("invalid raft config");
+        let log = RaftLog::new(entries);
+        let stable = log.last_index();
+        let mut raft = Raft {
+            id: cfg.id,
+            voters: MajorityConfig::new(cfg.voters.iter().copied()),
+            rng: SplitMix64(cfg.seed),
+            cfg,
+            current_term: hard_state.current_term,
+            voted_for: hard_state.voted_for,
+            log,
+            role: Role::Follower,
+            leader_id: None,
+            applied: 0,
+            election_elapsed: 0,
+            heartbeat_elapsed: 0,
+            randomized_election_timeout: 0,
+            // A node that has never seen a term has never heard of a leader.
+            booting: hard_state.current_term > 0,
+            now: 0,
+            votes: BTreeMap::new(),
+            progress: BTreeMap::new(),
+            read_only: ReadOnly::default(),
+            proposals: BTreeMap::new(),
+            broadcast_pending: false,
+            durability: Durability::new(stable),
+            msgs: Vec::new(),
+            gated: VecDeque::new(),
+            released_reads: Vec::new(),
+            failed_reads: Vec::new(),
+            dropped_proposals: Vec::new(),
+        };
+        raft.reset_election_timer();
+        info!(
+            target: T_ELECTION,
+            "node {} starting as follower at term {} with {} log entries (last term {})",
+            raft.id,
+            raft.current_term,
+            raft.log.last_index(),
+            raft.log.last_term()
+        );
+        raft
+    }
+
+    // ------------------------------------------------------------------
+    // Accessors
+    // ------------------------------------------------------------------
+
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+    pub fn role(&self) -> Role {
+        self.role
+    }
+    pub fn current_term(&self) -> Term {
+        self.current_term
+    }
+    pub fn voted_for(&self) -> Option<NodeId> {
+        self.voted_for
+    }
+    pub fn leader_id(&self) -> Option<NodeId> {
+        self.leader_id
+    }
+    pub fn log(&self) -> &RaftLog {
+        &self.log
+    }
+    pub fn commit_index(&self) -> Index {
+        self.log.commit_index()
+    }
+    pub fn last_index(&self) -> Index {
+        self.log.last_index()
+    }
+    /// Highest index known durable on this node's own storage.
+    pub fn stable_index(&self) -> Index {
+        self.durability.stable_index
+    }
+    pub fn applied(&self) -> Index {
+        self.applied
+    }
+    pub fn hard_state(&self) -> HardState {
+        HardState { current_term: self.current_term, voted_for: self.voted_for }
+    }
+    pub fn voters(&self) -> &std::collections::BTreeSet<NodeId> {
+        self.voters.voters()
+    }
+    /// Per-peer replication progress; only a leader has it.
+    pub fn progress(&self) -> &BTreeMap<NodeId, Progress> {
+        &self.progress
+    }
+    pub fn pending_reads(&self) -> usize {
+        self.read_only.pending_len()
+    }
+    pub fn pending_proposals(&self) -> usize {
+        self.proposals.len()
+    }
+    pub fn now(&self) -> u64 {
+        self.now
+    }
+
+    // ------------------------------------------------------------------
+    // Inputs
+    // ------------------------------------------------------------------
+
+    /// One unit of time has passed.
+    pub fn tick(&mut self) {
+        self.now += 1;
+        if self.role == Role::Leader {
+            self.tick_heartbeat();
+        } else {
+            self.tick_election();
+        }
+    }
+
+    /// Followers and candidates: "If election timeout elapses without
+    /// receiving AppendEntries RPC from current leader or granting vote to
+    /// candidate: convert to candidate."
+    fn tick_election(&mut self) {
+        self.election_elapsed += 1;
+        if self.booting && self.election_elapsed >= self.cfg.election_ticks {
+            self.booting = false;
+        }
+        if self.election_elapsed >= self.randomized_election_timeout {
+            self.election_elapsed = 0;
+            if self.voters.contains(self.id) {
+                info!(
+                    target: T_ELECTION,
+                    "node {} election timeout at term {} (leader {})",
+                    self.id,
+                    self.current_term,
+                    fmt_opt(self.leader_id)
+                );
+                self.campaign(self.cfg.pre_vote);
+            }
+        }
+    }
+
+    /// Leaders: heartbeats every `heartbeat_ticks`, check-quorum every
+    /// election timeout.
+    fn tick_heartbeat(&mut self) {
+        self.heartbeat_elapsed += 1;
+        self.election_elapsed += 1;
+        if self.election_elapsed >= self.cfg.election_ticks {
+            self.election_elapsed = 0;
+            if self.cfg.check_quorum {
+                let id = self.id;
+                let active = |v: NodeId| v == id || self.progress.get(&v).is_some_and(|p| p.recent_active);
+                if !self.voters.has_quorum(active) {
+                    warn!(
+                        target: T_ELECTION,
+                        "node {} stepping down at term {}: has not heard from a majority within an election timeout",
+                        self.id,
+                        self.current_term
+                    );
+                    self.become_follower(self.current_term, None);
+                    return;
+                }
+                for p in self.progress.values_mut() {
+                    p.recent_active = false;
+                }
+            }
+        }
+        // Safety net for AppendEntries lost without the transport noticing.
+        let now = self.now;
+        let stall = 2 * self.cfg.election_ticks;
+        for (&peer, p) in self.progress.iter_mut() {
+            if p.state == ProgressState::Replicate
+                && !p.inflight.is_empty()
+                && now - p.last_append_response_tick >= stall
+            {
+                debug!(target: T_CONSENSUS, "replication to {peer} stalled; probing from {}", p.match_index + 1);
+                p.become_probe();
+            }
+        }
+        if self.heartbeat_elapsed >= self.cfg.heartbeat_ticks {
+            self.heartbeat_elapsed = 0;
+            self.start_read_round();
+        }
+    }
+
+    /// Starts an election now, as if the election timeout had elapsed.
+    pub fn campaign_now(&mut self) {
+        if self.role != Role::Leader && self.voters.contains(self.id) {
+            self.election_elapsed = 0;
+            self.campaign(self.cfg.pre_vote);
+        }
+    }
+
+    /// Ends the boot lease at once (tests that build nodes from saved state).
+    #[cfg(test)]
+    pub(crate) fn end_boot_lease(&mut self) {
+        self.booting = false;
+    }
+
+    /// A client proposal. Only a leader takes it; it is appended to the log
+    /// now and sent to the followers with the next `ready()`, together with
+    /// every other proposal that arrived before it (batching).
+    pub fn propose(&mut self, id: RequestId, data: Bytes) -> Result<Index, NotLeader> {
+        if self.role != Role::Leader {
+            return Err(NotLeader::Leader(self.leader_id));
+        }
+        let index = self.append_entry(EntryData::Command(data));
+        self.proposals.insert(index, id);
+        Ok(index)
+    }
+
+    /// A linearizable read (ReadIndex). The read comes back in a later
+    /// `Ready::reads` with the index it must be served at, or in
+    /// `Ready::failed_reads` if leadership is lost first.
+    pub fn read_index(&mut self, id: RequestId) -> Result<(), NotLeader> {
+        if self.role != Role::Leader {
+            return Err(NotLeader::Leader(self.leader_id));
+        }
+        if !self.committed_in_current_term() {
+            // Until its no-op commits, a new leader's commit index may be
+            // behind entries that earlier leaders committed.
+            self.read_only.waiting_for_commit.push(id);
+            return Ok(());
+        }
+        self.add_read(id);
+        Ok(())
+    }
+
+    /// A read under the leader lease: served at once if a majority has
+    /// confirmed this leader within the last election timeout (less two
+    /// ticks for clock granularity), which no new leader can be elected in.
+    /// Otherwise falls back to a ReadIndex round.
+    pub fn read_lease(&mut self, id: RequestId) -> Result<(), NotLeader> {
+        if self.role != Role::Leader {
+            return Err(NotLeader::Leader(self.leader_id));
+        }
+        let lease = self.cfg.election_ticks.saturating_sub(2);
+        let valid = self.cfg.check_quorum
+            && self.committed_in_current_term()
+            && self.read_only.lease_from.is_some_and(|from| self.now - from < lease);
+        if valid {
+            self.released_reads.push((id, self.log.commit_index()));
+            return Ok(());
+        }
+        self.read_index(id)
+    }
+
+    /// The transport could not deliver a request to `peer` (connection
+    /// refused, timeout). A leader stops streaming to it until a heartbeat
+    /// gets through.
+    pub fn report_unreachable(&mut self, peer: NodeId) {
+        if self.role != Role::Leader {
+            return;
+        }
+        if let Some(p) = self.progress.get_mut(&peer) {
+            if p.state == ProgressState::Replicate {
+                debug!(target: T_CONSENSUS, "replication to {peer} failed; probing from {}", p.match_index + 1);
+                p.become_probe();
+            }
+            p.paused = true;
+        }
+    }
+
+    /// Storage has made every op up to `seq` durable.
+    pub fn on_persisted(&mut self, seq: u64) {
+        let stable_changed = self.durability.ack(seq, self.log.last_index());
+        // Release the messages that were waiting for this write.
+        while self.gated.front().is_some_and(|(gate, _)| *gate <= self.durability.acked) {
+            let (_, msg) = self.gated.pop_front().expect("checked non-empty");
+            if msg.to == self.id {
+                self.step(msg);
+            } else {
+                self.msgs.push(msg);
+            }
+        }
+        if stable_changed && self.role == Role::Leader {
+            self.maybe_commit();
+        }
+    }
+
+    /// An incoming message. Requests always get exactly one response.
+    pub fn step(&mut self, m: Message) {
+        trace!(target: T_CONSENSUS, "node {} <- {}: {:?} term {}", self.id, m.from, m.body.kind(), m.term);
+        // --- "All servers: if RPC request or response contains term T >
+        // currentTerm: set currentTerm = T, convert to follower" (§5.1),
+        // refined by pre-vote and check-quorum. ---
+        if m.term > self.current_term {
+            match &m.body {
+                Body::RequestVote { pre_vote, .. } => {
+                    if self.in_lease() {
+                        // We hear from a leader: this candidate cannot win
+                        // and must not disrupt it (§6.2 of the dissertation).
+                        info!(
+                            target: T_ELECTION,
+                            "node {} ignores {} from {} at term {}: leader {} is alive",
+                            self.id,
+                            if *pre_vote { "pre-vote" } else { "vote request" },
+                            m.from,
+                            m.term,
+                            fmt_opt(self.leader_id)
+                        );
+                        self.respond_vote(&m, false);
+                        return;
+                    }
+                    if !*pre_vote {
+                        self.become_follower(m.term, None);
+                    }
+                }
+                // A granted pre-vote carries the term the candidate will use.
+                Body::RequestVoteResponse { pre_vote: true, vote_granted: true } => {}
+                Body::AppendEntries { .. } | Body::Heartbeat { .. } => {
+                    self.become_follower(m.term, Some(m.from));
+                }
+                _ => self.become_follower(m.term, None),
+            }
+        } else if m.term < self.current_term {
+            // Stale sender. Answer requests so it learns the newer term
+            // (figure 2: "Reply false if term < currentTerm"); drop responses.
+            match &m.body {
+                Body::AppendEntries { prev_log_index, .. } => {
+                    let prev = *prev_log_index;
+                    self.respond_append(&m, false, prev, 0, 0, None, 0);
+                }
+                Body::Heartbeat { .. } => self.respond(&m, Body::HeartbeatResponse { ctx: 0 }),
+                Body::RequestVote { .. } => self.respond_vote(&m, false),
+                _ => trace!(target: T_CONSENSUS, "node {} drops stale {:?} from {}", self.id, m.body.kind(), m.from),
+            }
+            return;
+        }
+
+        match m.body.kind() {
+            MessageKind::PreVote | MessageKind::RequestVote => self.handle_request_vote(m),
+            MessageKind::PreVoteResponse | MessageKind::RequestVoteResponse => self.handle_vote_response(m),
+            MessageKind::AppendEntries => self.handle_append_entries(m),
+            MessageKind::Heartbeat => self.handle_heartbeat(m),
+            MessageKind::AppendEntriesResponse => self.handle_append_response(m),
+            MessageKind::HeartbeatResponse => self.handle_heartbeat_response(m),
+        }
+    }
+
+    /// Everything the node must do now; see `Ready` for the order.
+    pub fn ready(&mut self) -> Ready {
+        if self.broadcast_pending {
+            self.broadcast_pending = false;
+            if self.role == Role::Leader {
+                self.broadcast_append();
+            }
+        }
+        self.maybe_start_read_round();
+        let mut rd = Ready::default();
+        if self.durability.has_unissued() {
+            let hard_state = self.durability.hard_state_dirty.then(|| self.hard_state());
+            let truncate_from = self.durability.truncate_from;
+            let entries = match self.durability.append_from {
+                Some(from) => self.log.slice(from, self.log.last_index()).to_vec(),
+                None => Vec::new(),
+            };
+            let seq = self.durability.issue(self.log.last_index());
+            rd.persist = Some(PersistOp { seq, hard_state, truncate_from, entries });
+        }
+        let commit = self.log.commit_index();
+        if commit > self.applied {
+            rd.committed = self.log.slice(self.applied + 1, commit).to_vec();
+            let rest = self.proposals.split_off(&(commit + 1));
+            rd.proposals = std::mem::replace(&mut self.proposals, rest).into_iter().collect();
+            self.applied = commit;
+        }
+        rd.messages = std::mem::take(&mut self.msgs);
+        rd.reads = std::mem::take(&mut self.released_reads);
+        rd.failed_reads = std::mem::take(&mut self.failed_reads);
+        rd.dropped_proposals = std::mem::take(&mut self.dropped_proposals);
+        debug_assert!(rd.reads.iter().all(|&(_, i)| i <= self.applied));
+        rd
+    }
+
+    // ------------------------------------------------------------------
+    // Role transitions (figure 4)
+    // ------------------------------------------------------------------
+
+    fn reset_election_timer(&mut self) {
+        self.election_elapsed = 0;
+        self.heartbeat_elapsed = 0;
+        let e = self.cfg.election_ticks;
+        self.randomized_election_timeout = e + self.rng.next() % e;
+    }
+
+    fn set_term(&mut self, term: Term) {
+        if term != self.current_term {
+            info!(target: T_ELECTION, "node {} term {} -> {}", self.id, self.current_term, term);
+            self.current_term = term;
+            self.voted_for = None;
+            self.durability.hard_state_dirty = true;
+        }
+    }
+
+    fn set_role(&mut self, role: Role) {
+        if role != self.role {
+            info!(
+                target: T_ELECTION,
+                "node {} became {} at term {} (was {})",
+                self.id,
+                role,
+                self.current_term,
+                self.role
+            );
+            if self.role == Role::Leader {
+                self.progress.clear();
+                let failed = self.read_only.reset();
+                self.failed_reads.extend(failed);
+            }
+            self.role = role;
+        }
+    }
+
+    fn become_follower(&mut self, term: Term, leader: Option<NodeId>) {
+        self.set_term(term);
+        self.set_role(Role::Follower);
+        self.set_leader(leader);
+        self.votes.clear();
+        self.reset_election_timer();
+    }
+
+    fn set_leader(&mut self, leader: Option<NodeId>) {
+        if leader != self.leader_id {
+            if let Some(l) = leader {
+                info!(target: T_ELECTION, "node {} follows leader {} at term {}", self.id, l, self.current_term);
+            }
+            self.leader_id = leader;
+        }
+    }
+
+    /// Start an election, or a pre-vote round that asks whether one could be won.
+    fn campaign(&mut self, pre_vote: bool) {
+        let term = if pre_vote {
+            self.set_role(Role::PreCandidate);
+            self.current_term + 1
+        } else {
+            // "On conversion to candidate: increment currentTerm, vote for
+            // self, reset election timer, send RequestVote RPCs."
+            self.set_term(self.current_term + 1);
+            self.voted_for = Some(self.id);
+            self.durability.hard_state_dirty = true;
+            self.set_role(Role::Candidate);
+            self.current_term
+        };
+        self.set_leader(None);
+        self.votes.clear();
+        self.reset_election_timer();
+        info!(
+            target: T_ELECTION,
+            "node {} starts {} for term {} (last log {}/{})",
+            self.id,
+            if pre_vote { "pre-vote" } else { "election" },
+            term,
+            self.log.last_index(),
+            self.log.last_term()
+        );
+        let body = Body::RequestVote {
+            pre_vote,
+            last_log_index: self.log.last_index(),
+            last_log_term: self.log.last_term(),
+        };
+        let voters: Vec<NodeId> = self.voters.voters().iter().copied().collect();
+        for v in voters {
+            if v == self.id {
+                // Our own vote counts only once it is durable: it goes
+                // through the same gate as a vote granted to anyone else.
+                let own = Message {
+                    from: self.id,
+                    to: self.id,
+                    term,
+                    rpc_id: 0,
+                    body: Body::RequestVoteResponse { pre_vote, vote_granted: true },
+                };
+                if pre_vote {
+                    self.step(own);
+                } else {
+                    self.send(own);
+                }
+            } else {
+                self.send(Message { from: self.id, to: v, term, rpc_id: 0, body: body.clone() });
+            }
+        }
+    }
+
+    fn become_leader(&mut self) {
+        assert_eq!(self.role, Role::Candidate);
+        self.set_role(Role::Leader);
+        self.set_leader(Some(self.id));
+        self.reset_election_timer();
+        self.booting = false;
+        let next = self.log.last_index() + 1;
+        let now = self.now;
+        self.progress = self
+            .voters
+            .voters()
+            .iter()
+            .filter(|&&v| v != self.id)
+            .map(|&v| (v, Progress::new(next, now)))
+            .collect();
+        self.read_only = ReadOnly::default();
+        // §5.4.2 / §8: a new leader commits an entry of its own term.
+        self.append_entry(EntryData::Noop);
+        // Announce ourselves at once rather than at the next heartbeat.
+        self.broadcast_append();
+        self.start_read_round();
+    }
+
+    fn append_entry(&mut self, data: EntryData) -> Index {
+        let index = self.log.last_index() + 1;
+        self.log.push(Entry { index, term: self.current_term, data });
+        self.durability.note_append(index);
+        self.broadcast_pending = true;
+        index
+    }
+
+    // ------------------------------------------------------------------
+    // RequestVote (figure 2, §5.2, §5.4.1, §9.6)
+    // ------------------------------------------------------------------
+
+    fn handle_request_vote(&mut self, m: Message) {
+        let Body::RequestVote { pre_vote, last_log_index, last_log_term } = m.body else { unreachable!() };
+        let can_vote = if pre_vote {
+            // A pre-vote is granted for a future term only; it changes nothing here.
+            m.term > self.current_term
+        } else {
+            // "If votedFor is null or candidateId ..."; a follower that
+            // knows this term's leader has nobody else to vote for.
+            self.voted_for == Some(m.from) || (self.voted_for.is_none() && self.leader_id.is_none())
+        };
+        // "... and candidate's log is at least as up-to-date as receiver's
+        // log, grant vote" (§5.4.1, the election restriction).
+        let up_to_date = cfg!(mutation = "no_election_restriction")
+            || self.log.is_up_to_date(last_log_index, last_log_term);
+        let granted = can_vote && up_to_date;
+        info!(
+            target: T_ELECTION,
+            "node {} {} {} to {} for term {} (its log {}/{}, ours {}/{})",
+            self.id,
+            if granted { "grants" } else { "rejects" },
+            if pre_vote { "pre-vote" } else { "vote" },
+            m.from,
+            m.term,
+            last_log_index,
+            last_log_term,
+            self.log.last_index(),
+            self.log.last_term()
+        );
+        if granted && !pre_vote {
+            self.voted_for = Some(m.from);
+            self.durability.hard_state_dirty = true;
+            self.election_elapsed = 0;
+        }
+        self.respond_vote(&m, granted);
+    }
+
+    fn respond_vote(&mut self, req: &Message, granted: bool) {
+        let Body::RequestVote { pre_vote, .. } = req.body else { unreachable!() };
+        // A granted pre-vote answers in the candidate's future term.
+        let term = if pre_vote && granted { req.term } else { self.current_term };
+        let resp = Message {
+            from: self.id,
+            to: req.from,
+            term,
+            rpc_id: req.rpc_id,
+            body: Body::RequestVoteResponse { pre_vote, vote_granted: granted },
+        };
+        if cfg!(mutation = "vote_before_persist") {
+            self.msgs.push(resp);
+        } else {
+            self.send(resp);
+        }
+    }
+
+    fn handle_vote_response(&mut self, m: Message) {
+        let Body::RequestVoteResponse { pre_vote, vote_granted } = m.body else { unreachable!() };
+        let expected = match (self.role, pre_vote) {
+            (Role::PreCandidate, true) => {
+                (vote_granted && m.term == self.current_term + 1) || (!vote_granted && m.term == self.current_term)
+            }
+            (Role::Candidate, false) => m.term == self.current_term,
+            _ => false,
+        };
+        if !expected {
+            return;
+        }
+        self.votes.insert(m.from, vote_granted);
+        match self.voters.vote_result(&self.votes) {
+            VoteResult::Pending => {}
+            VoteResult::Won => {
+                let from: Vec<NodeId> = self.votes.iter().filter(|&(_, &g)| g).map(|(&id, _)| id).collect();
+                if pre_vote {
+                    info!(target: T_ELECTION, "node {} won pre-vote for term {} with {:?}", self.id, self.current_term + 1, from);
+                    self.campaign(false);
+                } else {
+                    info!(target: T_ELECTION, "node {} won election at term {} with votes from {:?}", self.id, self.current_term, from);
+                    self.become_leader();
+                }
+            }
+            VoteResult::Lost => {
+                info!(
+                    target: T_ELECTION,
+                    "node {} lost {} for term {}",
+                    self.id,
+                    if pre_vote { "pre-vote" } else { "election" },
+                    if pre_vote { self.current_term + 1 } else { self.current_term }
+                );
+                self.become_follower(self.current_term, None);
+            }
+        }
+    }
+
+    // ------------------------------------------------------------------
+    // AppendEntries, receiver side (figure 2)
+    // ------------------------------------------------------------------
+
+    /// A message from the leader of our term: follow it.
+    fn heard_from_leader(&mut self, leader: NodeId) {
+        if self.role != Role::Follower {
+            self.become_follower(self.current_term, Some(leader));
+        }
+        self.set_leader(Some(leader));
+        self.election_elapsed = 0;
+        self.booting = false;
+    }
+
+    fn handle_append_entries(&mut self, m: Message) {
+        assert_ne!(self.role, Role::Leader, "two leaders at term {}", self.current_term);
+        self.heard_from_leader(m.from);
+        let Body::AppendEntries { prev_log_index, prev_log_term, ref entries, leader_commit, ctx } = m.body else {
+            unreachable!()
+        };
+        // "Reply false if log doesn't contain an entry at prevLogIndex whose
+        // term matches prevLogTerm."
+        match self.log.term(prev_log_index) {
+            Some(t) if t == prev_log_term => {}
+            found => {
+                let (conflict_index, conflict_term) = match found {
+                    None => (self.log.last_index() + 1, None),
+                    Some(t) => (self.log.first_index_of_term_at(prev_log_index, t), Some(t)),
+                };
+                debug!(
+                    target: T_CONSENSUS,
+                    "node {} rejects append at {}/{} from {}: hint {}/{:?}",
+                    self.id,
+                    prev_log_index,
+                    prev_log_term,
+                    m.from,
+                    conflict_index,
+                    conflict_term
+                );
+                self.respond_append(&m, false, prev_log_index, 0, conflict_index, conflict_term, ctx);
+                return;
+            }
+        }
+        let last_new = prev_log_index + entries.len() as Index;
+        if cfg!(mutation = "truncate_after_prev") {
+            if self.log.last_index() > prev_log_index && !entries.is_empty() {
+                self.truncate_log(prev_log_index + 1);
+            }
+            for e in entries {
+                if e.index > self.log.last_index() {
+                    self.log.push(e.clone());
+                    self.durability.note_append(e.index);
+                }
+            }
+        } else {
+            for e in entries {
+                match self.log.term(e.index) {
+                    // "If an existing entry conflicts with a new one (same
+                    // index but different terms), delete the existing entry
+                    // and all that follow it."
+                    Some(t) if t != e.term => {
+                        self.truncate_log(e.index);
+                        self.log.push(e.clone());
+                        self.durability.note_append(e.index);
+                    }
+                    Some(_) => {} // already have it
+                    // "Append any new entries not already in the log."
+                    None => {
+                        self.log.push(e.clone());
+                        self.durability.note_append(e.index);
+                    }
+                }
+            }
+        }
+        // "If leaderCommit > commitIndex, set commitIndex =
+        // min(leaderCommit, index of last new entry)."
+        self.commit_to(leader_commit.min(last_new));
+        self.respond_append(&m, true, prev_log_index, last_new, 0, None, ctx);
+    }
+
+    fn truncate_log(&mut self, from: Index) {
+        warn!(
+            target: T_CONSENSUS,
+            "node {} removes conflicting log entries {}..={} at term {}",
+            self.id,
+            from,
+            self.log.last_index(),
+            self.current_term
+        );
+        self.log.truncate_from(from);
+        self.durability.note_truncate(from);
+        let dropped = self.proposals.split_off(&from);
+        self.dropped_proposals.extend(dropped.into_values());
+    }
+
+    fn handle_heartbeat(&mut self, m: Message) {
+        assert_ne!(self.role, Role::Leader, "two leaders at term {}", self.current_term);
+        self.heard_from_leader(m.from);
+        let Body::Heartbeat { commit, ctx } = m.body else { unreachable!() };
+        self.commit_to(commit.min(self.log.last_index()));
+        self.respond(&m, Body::HeartbeatResponse { ctx });
+    }
+
+    fn commit_to(&mut self, index: Index) {
+        let before = self.log.commit_index();
+        if self.log.commit_to(index) {
+            debug!(target: T_CONSENSUS, "node {} commit index {} -> {}", self.id, before, index);
+            if self.role == Role::Leader && self.committed_in_current_term() {
+                let waiting = std::mem::take(&mut self.read_only.waiting_for_commit);
+                for id in waiting {
+                    self.add_read(id);
+                }
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn respond_append(
+        &mut self,
+        req: &Message,
+        success: bool,
+        prev_log_index: Index,
+        match_index: Index,
+        conflict_index: Index,
+        conflict_term: Option<Term>,
+        ctx: u64,
+    ) {
+        let body = Body::AppendEntriesResponse { success, prev_log_index, match_index, conflict_index, conflict_term, ctx };
+        self.respond(req, body);
+    }
+
+    fn respond(&mut self, req: &Message, body: Body) {
+        let resp = Message { from: self.id, to: req.from, term: self.current_term, rpc_id: req.rpc_id, body };
+        self.send(resp);
+    }
+
+    // ------------------------------------------------------------------
+    // Leader: replication and commitment
+    // ------------------------------------------------------------------
+
+    fn broadcast_append(&mut self) {
+        let peers: Vec<NodeId> = self.progress.keys().copied().collect();
+        for p in peers {
+            self.send_append(p);
+        }
+    }
+
+    /// Sends `peer` what it is missing, as far as flow control allows.
+    fn send_append(&mut self, peer: NodeId) {
+        loop {
+            let last = self.log.last_index();
+            let Some(p) = self.progress.get(&peer) else { return };
+            if !p.can_send(self.cfg.max_inflight) {
+                return;
+            }
+            // In replicate state there is nothing to send once caught up; a
+            // probe is sent even if empty, to find where the logs match.
+            if p.state == ProgressState::Replicate && p.next_index > last {
+                return;
+            }
+            let prev_log_index = p.next_index - 1;
+            let prev_log_term = self.log.term(prev_log_index).expect("log holds every entry (no compaction yet)");
+            let entries = self.log.entries_from(p.next_index, self.cfg.max_append_bytes);
+            let sent_last = prev_log_index + entries.len() as Index;
+            let body = Body::AppendEntries {
+                prev_log_index,
+                prev_log_term,
+                entries,
+                leader_commit: self.log.commit_index(),
+                ctx: self.read_only.ctx,
+            };
+            let now = self.now;
+            let p = self.progress.get_mut(&peer).expect("checked above");
+            if p.inflight.is_empty() {
+                p.last_append_response_tick = now;
+            }
+            p.sent(sent_last);
+            let probing = p.state == ProgressState::Probe;
+            self.send(Message { from: self.id, to: peer, term: self.current_term, rpc_id: 0, body });
+            if probing {
+                return;
+            }
+        }
+    }
+
+    fn handle_append_response(&mut self, m: Message) {
+        if self.role != Role::Leader {
+            return;
+        }
+        let Body::AppendEntriesResponse { success, prev_log_index, match_index, conflict_index, conflict_term, ctx } =
+            m.body
+        else {
+            unreachable!()
+        };
+        let now = self.now;
+        let target = replication_target(m.from);
+        let Some(p) = self.progress.get_mut(&m.from) else { return };
+        p.recent_active = true;
+        p.acked_ctx = p.acked_ctx.max(ctx);
+        p.last_append_response_tick = now;
+        if success {
+            let old = p.match_index;
+            if p.maybe_update(match_index) {
+                debug!(target: &target, "replication to {}: match {} -> {}", m.from, old, match_index);
+            }
+            if p.state == ProgressState::Probe {
+                p.become_replicate();
+                debug!(target: &target, "replication to {}: probe -> replicate at {}", m.from, p.next_index);
+            }
+            self.maybe_commit();
+        } else {
+            // Fast back-tracking: skip the follower's whole conflicting term.
+            let hint = match conflict_term {
+                Some(t) => match self.log.last_index_of_term(t) {
+                    Some(i) => i + 1,
+                    None => conflict_index,
+                },
+                None => conflict_index,
+            };
+            if p.maybe_decrease(prev_log_index, hint) {
+                debug!(
+                    target: &target,
+                    "replication to {}: rejected at {}, next index {}",
+                    m.from,
+                    prev_log_index,
+                    p.next_index
+                );
+            }
+        }
+        self.check_read_confirm();
+        if self.role == Role::Leader {
+            self.send_append(m.from);
+        }
+    }
+
+    fn handle_heartbeat_response(&mut self, m: Message) {
+        if self.role != Role::Leader {
+            return;
+        }
+        let Body::HeartbeatResponse { ctx } = m.body else { unreachable!() };
+        let last = self.log.last_index();
+        let Some(p) = self.progress.get_mut(&m.from) else { return };
+        p.recent_active = true;
+        p.acked_ctx = p.acked_ctx.max(ctx);
+        let resend = p.state == ProgressState::Probe || p.match_index < last;
+        if p.state == ProgressState::Probe {
+            p.paused = false;
+        }
+        self.check_read_confirm();
+        if resend {
+            self.send_append(m.from);
+        }
+    }
+
+    /// "If there exists an N such that N > commitIndex, a majority of
+    /// matchIndex[i] >= N, and log[N].term == currentTerm: set commitIndex = N."
+    fn maybe_commit(&mut self) {
+        let own = self.durability.stable_index;
+        let id = self.id;
+        let n = self
+            .voters
+            .committed_index(|v| if v == id { own } else { self.progress.get(&v).map_or(0, |p| p.match_index) });
+        if n <= self.log.commit_index() {
+            return;
+        }
+        // §5.4.2: count replicas only for entries of the current term.
+        if cfg!(mutation = "commit_any_term") || self.log.term(n) == Some(self.current_term) {
+            self.commit_to(n);
+        }
+    }
+
+    fn committed_in_current_term(&self) -> bool {
+        self.log.term(self.log.commit_index()) == Some(self.current_term)
+    }
+
+    // ------------------------------------------------------------------
+    // Leader: ReadIndex
+    // ------------------------------------------------------------------
+
+    fn add_read(&mut self, id: RequestId) {
+        if cfg!(mutation = "read_without_leadership_check") {
+            self.released_reads.push((id, self.log.commit_index()));
+            return;
+        }
+        // The round starts in `ready()`, so every read that arrives before
+        // then shares it.
+        self.read_only.add(id, self.log.commit_index());
+    }
+
+    fn maybe_start_read_round(&mut self) {
+        if self.role == Role::Leader && self.read_only.needs_new_round() && !self.read_only.round_outstanding() {
+            self.start_read_round();
+        }
+    }
+
+    /// Starts a heartbeat round that confirms leadership for the reads
+    /// waiting now; also refreshes followers' commit index and the lease.
+    fn start_read_round(&mut self) {
+        let ctx = self.read_only.start_round(self.now);
+        let peers: Vec<(NodeId, Index)> = self.progress.iter().map(|(&id, p)| (id, p.match_index)).collect();
+        let commit = self.log.commit_index();
+        for (peer, match_index) in peers {
+            let body = Body::Heartbeat { commit: commit.min(match_index), ctx };
+            self.send(Message { from: self.id, to: peer, term: self.current_term, rpc_id: 0, body });
+        }
+        self.check_read_confirm();
+    }
+
+    fn check_read_confirm(&mut self) {
+        let id = self.id;
+        let ctx = self.read_only.ctx;
+        let confirmed = self
+            .voters
+            .committed_index(|v| if v == id { ctx } else { self.progress.get(&v).map_or(0, |p| p.acked_ctx) });
+        let ready = self.read_only.confirm(confirmed);
+        self.released_reads.extend(ready);
+    }
+
+    // ------------------------------------------------------------------
+    // Output
+    // ------------------------------------------------------------------
+
+    /// Queues a message. A leader's AppendEntries and heartbeats go at once;
+    /// anything else waits until the state it reflects is durable.
+    fn send(&mut self, mut m: Message) {
+        m.from = self.id;
+        // A heartbeat response claims only that we follow this leader now,
+        // nothing about our disk, so it need not wait either: that keeps
+        // ReadIndex rounds off the followers' fsync path.
+        let immediate = (self.role == Role::Leader
+            && matches!(m.body.kind(), MessageKind::AppendEntries | MessageKind::Heartbeat))
+            || m.body.kind() == MessageKind::HeartbeatResponse;
+        let gate = self.durability.gate();
+        if immediate || gate <= self.durability.acked {
+            self.msgs.push(m);
+        } else {
+            self.gated.push_back((gate, m));
+        }
+    }
+
+    /// True while this node hears from a leader (or has just started), so
+    /// it must not help a candidate depose that leader.
+    fn in_lease(&self) -> bool {
+        self.cfg.check_quorum
+            && (self.leader_id.is_some() || self.booting)
+            && self.election_elapsed < self.cfg.election_ticks
+    }
+}
+
+/// The log target for replication to one peer, so it can be switched alone.
+pub fn replication_target(peer: NodeId) -> String {
+    format!("raftkv::replication::{peer}")
+}
+
+fn fmt_opt(id: Option<NodeId>) -> String {
+    id.map_or_else(|| "none".to_string(), |i| i.to_string())
+}
