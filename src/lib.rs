@@ -1,1 +1,23 @@
+//! raftkv: a small, strongly consistent key-value store replicated with
+//! Raft. See README.md for the tour and DESIGN notes for the contract.
+//!
+//! * `raft` — the consensus rules, pure (no IO, no clock, no randomness).
+//! * `kv` — the key-value state machine, pure.
+//! * `codec`, `wal` — binary formats of peer messages and the write-ahead log.
+//! * `actors` (in `actors/`) — the actix actors that do the IO around them.
+//! * `http` — the actix-web front door: client API, operations, Raft RPCs.
+//! * `config`, `logging`, `metrics` — settings, per-actor logs, Prometheus.
+//! * `client` — a small blocking HTTP client for the CLI and the tests.
+
+pub mod codec;
+pub mod config;
+pub mod http;
+pub mod kv;
+pub mod logging;
+pub mod metrics;
 pub mod raft;
+pub mod wal;
+
+#[path = "../actors/mod.rs"]
+pub mod actors;
+pub mod client;

@@ -1,0 +1,510 @@
+//! Consensus: the shell around the pure Raft core. The only owner of term,
+//! vote, log and commit index. Every input becomes a call into the core;
+//! after the mailbox drains, one `Flush` takes the core's `Ready` and turns
+//! it into messages for the other actors:
+//!
+//! * `persist` → Storage (one batch in flight; later ops wait and then go
+//!   together: group commit),
+//! * requests → the peer's Replicator; responses → the HTTP request that
+//!   is waiting for them,
+//! * committed entries and confirmed reads → StateMachine, in that order.
+//!
+//! Batching falls out of this: all proposals and reads that arrive while
+//! the previous flush was being carried out are handled by the next one.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use log::{info, warn};
+use serde::Serialize;
+use tokio::sync::oneshot;
+
+use super::replicator::{Replicator, SendRpc};
+use super::state_machine::{Apply, ServeRead, StateMachineActor};
+use super::storage::{PersistBatch, StorageActor};
+use super::{ClientError, ClientReply};
+use crate::config::Settings;
+use crate::kv::{Command, Query};
+use crate::metrics::Metrics;
+use crate::raft::progress::ProgressState;
+use crate::raft::{self, Message as RaftMessage, NodeId, NotLeader, PersistOp, Raft, RequestId, Role, Term};
+use crate::wal::Recovered;
+
+const T_CONSENSUS: &str = "raftkv::consensus";
+
+/// ElectionTimer → Consensus: the clock moved on.
+pub struct Tick {
+    pub now: Instant,
+}
+
+impl Message for Tick {
+    type Result = ();
+}
+
+/// HTTP (`/raft/*`) → Consensus: a request from a peer. The core's answer
+/// goes back on `reply` (once durable, where the rules require it).
+pub struct InboundRpc {
+    pub msg: RaftMessage,
+    pub reply: oneshot::Sender<RaftMessage>,
+}
+
+impl Message for InboundRpc {
+    type Result = ();
+}
+
+/// Replicator → Consensus: what became of a request sent to a peer.
+pub enum PeerEvent {
+    Replied(RaftMessage),
+    Unreachable { peer: NodeId },
+}
+
+impl Message for PeerEvent {
+    type Result = ();
+}
+
+/// Storage → Consensus: every persist op up to `seq` is durable.
+pub struct Persisted {
+    pub seq: u64,
+}
+
+impl Message for Persisted {
+    type Result = ();
+}
+
+/// HTTP → Consensus: a client write to propose.
+pub struct ClientWrite {
+    pub command: Command,
+    pub reply: ClientReply,
+}
+
+impl Message for ClientWrite {
+    type Result = ();
+}
+
+/// HTTP → Consensus: a linearizable (ReadIndex) or lease read.
+pub struct ClientRead {
+    pub query: Query,
+    pub lease: bool,
+    pub reply: ClientReply,
+}
+
+impl Message for ClientRead {
+    type Result = ();
+}
+
+/// HTTP → Consensus: a snapshot of the node's consensus state.
+pub struct GetStatus;
+
+impl Message for GetStatus {
+    type Result = Status;
+}
+
+/// Consensus → itself, once its mailbox is drained: carry out `Ready`.
+struct Flush;
+
+impl Message for Flush {
+    type Result = ();
+}
+
+#[derive(Serialize, Clone, Debug)]
+pub struct PeerStatus {
+    pub id: NodeId,
+    pub address: String,
+    /// Leader only: highest index known replicated on the peer.
+    pub match_index: Option<u64>,
+    /// Leader only: next index to send.
+    pub next_index: Option<u64>,
+    /// Leader only: "probe" or "replicate".
+    pub state: Option<&'static str>,
+    pub inflight: Option<usize>,
+}
+
+#[derive(Serialize, Clone, Debug)]
+pub struct Status {
+    pub id: NodeId,
+    pub address: String,
+    pub role: &'static str,
+    pub term: Term,
+    pub voted_for: Option<NodeId>,
+    pub leader: Option<NodeId>,
+    pub leader_address: Option<String>,
+    pub commit_index: u64,
+    pub last_log_index: u64,
+    pub last_log_term: u64,
+    pub stable_index: u64,
+    pub peers: Vec<PeerStatus>,
+    pub pending_proposals: usize,
+    pub pending_reads: usize,
+}
+
+pub struct ConsensusActor {
+    raft: Raft,
+    settings: Settings,
+    metrics: Arc<Metrics>,
+    me: Option<Addr<ConsensusActor>>,
+    // clock
+    started: Instant,
+    ticks_applied: u64,
+    // storage: one batch in flight, the rest queued (group commit)
+    storage: Addr<StorageActor>,
+    storage_busy: bool,
+    storage_queue: Vec<PersistOp>,
+    state_machine: Addr<StateMachineActor>,
+    replicators: BTreeMap<NodeId, Addr<Replicator>>,
+    next_id: u64,
+    /// Peer requests waiting for the core's answer, by rpc id.
+    inbound: HashMap<u64, oneshot::Sender<RaftMessage>>,
+    proposals: HashMap<RequestId, ClientReply>,
+    reads: HashMap<RequestId, (Query, ClientReply)>,
+    flush_scheduled: bool,
+    observed: (Role, Term, Option<NodeId>),
+}
+
+impl ConsensusActor {
+    pub fn start_with(
+        settings: &Settings,
+        recovered: Recovered,
+        storage: Addr<StorageActor>,
+        state_machine: Addr<StateMachineActor>,
+        metrics: Arc<Metrics>,
+    ) -> Addr<ConsensusActor> {
+        let settings = settings.clone();
+        ConsensusActor::create(move |ctx| {
+            let me = ctx.address();
+            let replicators = settings
+                .peers
+                .iter()
+                .map(|(&peer, &addr)| {
+                    let r = Replicator::new(
+                        peer,
+                        addr,
+                        settings.listen.ip(),
+                        settings.peer_timeout,
+                        me.clone().recipient(),
+                        metrics.clone(),
+                    );
+                    (peer, r.start())
+                })
+                .collect();
+            let cfg = raft::Config {
+                id: settings.id,
+                voters: settings.voters(),
+                election_ticks: settings.election_ticks(),
+                heartbeat_ticks: settings.heartbeat_ticks(),
+                max_inflight: settings.max_inflight,
+                max_append_bytes: 1 << 20,
+                pre_vote: true,
+                check_quorum: true,
+                seed: rand::random(),
+            };
+            let raft = Raft::new(cfg, recovered.hard_state, recovered.entries);
+            let observed = (raft.role(), raft.current_term(), raft.leader_id());
+            ConsensusActor {
+                raft,
+                settings,
+                metrics,
+                me: Some(me),
+                started: Instant::now(),
+                ticks_applied: 0,
+                storage,
+                storage_busy: false,
+                storage_queue: Vec::new(),
+                state_machine,
+                replicators,
+                next_id: 1,
+                inbound: HashMap::new(),
+                proposals: HashMap::new(),
+                reads: HashMap::new(),
+                flush_scheduled: false,
+                observed,
+            }
+        })
+    }
+
+    fn next_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    fn schedule_flush(&mut self, ctx: &mut Context<Self>) {
+        if !self.flush_scheduled {
+            self.flush_scheduled = true;
+            ctx.notify(Flush);
+        }
+    }
+
+    /// Feeds the core the ticks that have elapsed by `now`. After a long
+    /// stall (a paused process) the core sees the time it missed, so a
+    /// leader that may have been deposed meanwhile stops trusting its lease.
+    fn advance_clock(&mut self, now: Instant) {
+        let tick = self.settings.tick.as_nanos().max(1);
+        let due = (now.saturating_duration_since(self.started).as_nanos() / tick) as u64;
+        let behind = due.saturating_sub(self.ticks_applied);
+        let cap = 4 * self.settings.election_ticks() + 4;
+        for _ in 0..behind.min(cap) {
+            self.raft.tick();
+        }
+        self.ticks_applied = due.max(self.ticks_applied);
+    }
+
+    fn kick_storage(&mut self) {
+        if self.storage_busy || self.storage_queue.is_empty() {
+            return;
+        }
+        let Some(me) = &self.me else { return };
+        self.storage_busy = true;
+        let ops = std::mem::take(&mut self.storage_queue);
+        self.storage.do_send(PersistBatch { ops, reply_to: me.clone().recipient() });
+    }
+
+    fn route(&mut self, m: RaftMessage) {
+        if m.body.is_request() {
+            match self.replicators.get(&m.to) {
+                Some(r) => r.do_send(SendRpc(m)),
+                None => warn!(target: T_CONSENSUS, "no replicator for node {}; message dropped", m.to),
+            }
+        } else if let Some(tx) = self.inbound.remove(&m.rpc_id) {
+            let _ = tx.send(m);
+        }
+    }
+
+    fn flush(&mut self) {
+        self.flush_scheduled = false;
+        let rd = self.raft.ready();
+        if let Some(op) = rd.persist {
+            self.storage_queue.push(op);
+            self.kick_storage();
+        }
+        for m in rd.messages {
+            self.route(m);
+        }
+        if !rd.committed.is_empty() {
+            let waiting = rd
+                .proposals
+                .into_iter()
+                .filter_map(|(idx, id)| self.proposals.remove(&id).map(|reply| (idx, reply)))
+                .collect();
+            self.state_machine.do_send(Apply { entries: rd.committed, waiting });
+        }
+        for (id, index) in rd.reads {
+            if let Some((query, reply)) = self.reads.remove(&id) {
+                self.state_machine.do_send(ServeRead { index, query, reply });
+            }
+        }
+        let leader = self.raft.leader_id();
+        for id in rd.failed_reads {
+            if let Some((_, reply)) = self.reads.remove(&id) {
+                let _ = reply.send(Err(ClientError::NotLeader { leader }));
+            }
+        }
+        for id in rd.dropped_proposals {
+            if let Some(reply) = self.proposals.remove(&id) {
+                let _ = reply.send(Err(ClientError::Dropped));
+            }
+        }
+        self.observe();
+    }
+
+    /// Keeps metrics current and logs what the core's own lines do not.
+    fn observe(&mut self) {
+        let r = &self.raft;
+        let m = &self.metrics;
+        let now = (r.role(), r.current_term(), r.leader_id());
+        if now != self.observed {
+            let (role, term, leader) = now;
+            if role != self.observed.0 {
+                if role == Role::Candidate {
+                    m.elections_started.fetch_add(1, Relaxed);
+                }
+                if role == Role::Leader {
+                    m.elections_won.fetch_add(1, Relaxed);
+                }
+            }
+            if leader != self.observed.2 && leader.is_some() {
+                m.leader_changes.fetch_add(1, Relaxed);
+            }
+            m.set_role(role);
+            m.term.store(term, Relaxed);
+            m.leader_id.store(leader.unwrap_or(0), Relaxed);
+            self.observed = now;
+        }
+        m.commit_index.store(r.commit_index(), Relaxed);
+        m.last_log_index.store(r.last_index(), Relaxed);
+        m.stable_index.store(r.stable_index(), Relaxed);
+        m.pending_proposals.store(self.proposals.len() as u64, Relaxed);
+        m.pending_reads.store(self.reads.len() as u64, Relaxed);
+        let last = r.last_index();
+        for (peer, pm) in &m.peers {
+            let (matched, lag) = match r.progress().get(peer) {
+                Some(p) => (p.match_index, last - p.match_index.min(last)),
+                None => (0, 0),
+            };
+            pm.match_index.store(matched, Relaxed);
+            pm.replication_lag.store(lag, Relaxed);
+        }
+    }
+
+    fn status(&self) -> Status {
+        let r = &self.raft;
+        let peers = self
+            .settings
+            .peers
+            .iter()
+            .map(|(&id, addr)| {
+                let p = r.progress().get(&id);
+                PeerStatus {
+                    id,
+                    address: addr.to_string(),
+                    match_index: p.map(|p| p.match_index),
+                    next_index: p.map(|p| p.next_index),
+                    state: p.map(|p| match p.state {
+                        ProgressState::Probe => "probe",
+                        ProgressState::Replicate => "replicate",
+                    }),
+                    inflight: p.map(|p| p.inflight.len()),
+                }
+            })
+            .collect();
+        Status {
+            id: r.id(),
+            address: self.settings.listen.to_string(),
+            role: r.role().as_str(),
+            term: r.current_term(),
+            voted_for: r.voted_for(),
+            leader: r.leader_id(),
+            leader_address: r.leader_id().and_then(|l| self.settings.address_of(l)).map(|a| a.to_string()),
+            commit_index: r.commit_index(),
+            last_log_index: r.last_index(),
+            last_log_term: r.log().last_term(),
+            stable_index: r.stable_index(),
+            peers,
+            pending_proposals: self.proposals.len(),
+            pending_reads: self.reads.len(),
+        }
+    }
+}
+
+impl Actor for ConsensusActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(usize::MAX);
+        // Drop reply slots of peer requests whose HTTP handler gave up.
+        ctx.run_interval(Duration::from_secs(1), |act, _| act.inbound.retain(|_, tx| !tx.is_closed()));
+        info!(
+            target: T_CONSENSUS,
+            "node {} consensus started: voters {:?}, election timeout {:?}, heartbeat {:?}",
+            self.raft.id(),
+            self.settings.voters(),
+            self.settings.election_timeout,
+            self.settings.heartbeat
+        );
+        self.observe();
+    }
+}
+
+impl Handler<Tick> for ConsensusActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Tick, ctx: &mut Self::Context) {
+        self.advance_clock(msg.now);
+        self.schedule_flush(ctx);
+    }
+}
+
+impl Handler<InboundRpc> for ConsensusActor {
+    type Result = ();
+
+    fn handle(&mut self, InboundRpc { mut msg, reply }: InboundRpc, ctx: &mut Self::Context) {
+        let id = self.next_id();
+        msg.rpc_id = id;
+        self.inbound.insert(id, reply);
+        self.raft.step(msg);
+        self.schedule_flush(ctx);
+    }
+}
+
+impl Handler<PeerEvent> for ConsensusActor {
+    type Result = ();
+
+    fn handle(&mut self, ev: PeerEvent, ctx: &mut Self::Context) {
+        match ev {
+            PeerEvent::Replied(msg) => self.raft.step(msg),
+            PeerEvent::Unreachable { peer } => self.raft.report_unreachable(peer),
+        }
+        self.schedule_flush(ctx);
+    }
+}
+
+impl Handler<Persisted> for ConsensusActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Persisted, ctx: &mut Self::Context) {
+        self.storage_busy = false;
+        self.raft.on_persisted(msg.seq);
+        self.kick_storage();
+        self.schedule_flush(ctx);
+    }
+}
+
+impl Handler<ClientWrite> for ConsensusActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: ClientWrite, ctx: &mut Self::Context) {
+        let id = self.next_id();
+        match self.raft.propose(id, msg.command.encode()) {
+            Ok(_) => {
+                self.metrics.proposals.fetch_add(1, Relaxed);
+                self.proposals.insert(id, msg.reply);
+                self.schedule_flush(ctx);
+            }
+            Err(NotLeader::Leader(leader)) => {
+                let _ = msg.reply.send(Err(ClientError::NotLeader { leader }));
+            }
+        }
+    }
+}
+
+impl Handler<ClientRead> for ConsensusActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: ClientRead, ctx: &mut Self::Context) {
+        let id = self.next_id();
+        let accepted = if msg.lease {
+            // The lease is judged against the clock as it is now, not as
+            // of the last tick that happened to be processed.
+            self.advance_clock(Instant::now());
+            self.raft.read_lease(id)
+        } else {
+            self.raft.read_index(id)
+        };
+        match accepted {
+            Ok(()) => {
+                self.reads.insert(id, (msg.query, msg.reply));
+                self.schedule_flush(ctx);
+            }
+            Err(NotLeader::Leader(leader)) => {
+                let _ = msg.reply.send(Err(ClientError::NotLeader { leader }));
+            }
+        }
+    }
+}
+
+impl Handler<GetStatus> for ConsensusActor {
+    type Result = MessageResult<GetStatus>;
+
+    fn handle(&mut self, _: GetStatus, _: &mut Self::Context) -> Self::Result {
+        MessageResult(self.status())
+    }
+}
+
+impl Handler<Flush> for ConsensusActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Flush, _: &mut Self::Context) {
+        self.flush();
+    }
+}

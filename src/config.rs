@@ -1,0 +1,261 @@
+//! Node settings from flags, environment variables and a TOML file
+//! (DESIGN §2). Precedence: flag or env var, then the file, then defaults.
+//! Everything is validated before the node starts.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use serde::Deserialize;
+
+use crate::raft::NodeId;
+
+/// A raftkv node: one member of a Raft-replicated key-value store.
+#[derive(Parser, Debug, Default)]
+#[command(name = "raftkv", version, about)]
+pub struct Args {
+    /// TOML file with any of the settings below (flags and env vars override it).
+    #[arg(long, env = "RAFTKV_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// This node's id (a positive integer, unique in the cluster).
+    #[arg(long, env = "RAFTKV_ID")]
+    pub id: Option<u64>,
+    /// Address for the HTTP API and peer traffic, e.g. 127.0.0.1:8001.
+    #[arg(long, env = "RAFTKV_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// The other voters, as id=host:port,id=host:port.
+    #[arg(long, env = "RAFTKV_PEERS")]
+    pub peers: Option<String>,
+    /// Directory for the write-ahead log.
+    #[arg(long, env = "RAFTKV_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Log filter, RUST_LOG syntax, e.g. "info,raftkv::election=trace".
+    #[arg(long = "log", env = "RAFTKV_LOG")]
+    pub log: Option<String>,
+    /// Leader heartbeat interval in milliseconds (default 50).
+    #[arg(long, env = "RAFTKV_HEARTBEAT_MS")]
+    pub heartbeat_ms: Option<u64>,
+    /// Minimum election timeout in milliseconds; each wait is random in [t, 2t) (default 300).
+    #[arg(long, env = "RAFTKV_ELECTION_TIMEOUT_MS")]
+    pub election_timeout_ms: Option<u64>,
+    /// Clock resolution of the consensus core in milliseconds (default 10).
+    #[arg(long, env = "RAFTKV_TICK_MS")]
+    pub tick_ms: Option<u64>,
+    /// How long a client request may take before it is answered 504 (default 3000).
+    #[arg(long, env = "RAFTKV_REQUEST_TIMEOUT_MS")]
+    pub request_timeout_ms: Option<u64>,
+    /// How long a request to a peer may take before it counts as failed (default 1000).
+    #[arg(long, env = "RAFTKV_PEER_TIMEOUT_MS")]
+    pub peer_timeout_ms: Option<u64>,
+    /// Largest value accepted, in bytes (default 1048576).
+    #[arg(long, env = "RAFTKV_MAX_VALUE_BYTES")]
+    pub max_value_bytes: Option<usize>,
+    /// Unanswered AppendEntries allowed per follower (default 4).
+    #[arg(long, env = "RAFTKV_MAX_INFLIGHT")]
+    pub max_inflight: Option<usize>,
+    /// HTTP worker threads (default 2).
+    #[arg(long, env = "RAFTKV_HTTP_WORKERS")]
+    pub http_workers: Option<usize>,
+}
+
+/// The same settings as they may appear in the TOML file.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FileSettings {
+    pub id: Option<u64>,
+    pub listen: Option<SocketAddr>,
+    pub peers: Option<PeersSetting>,
+    pub data_dir: Option<PathBuf>,
+    pub log: Option<String>,
+    pub heartbeat_ms: Option<u64>,
+    pub election_timeout_ms: Option<u64>,
+    pub tick_ms: Option<u64>,
+    pub request_timeout_ms: Option<u64>,
+    pub peer_timeout_ms: Option<u64>,
+    pub max_value_bytes: Option<usize>,
+    pub max_inflight: Option<usize>,
+    pub http_workers: Option<usize>,
+}
+
+/// `peers = "2=host:port,3=host:port"` or `peers = ["2=host:port", ...]`.
+#[derive(Deserialize, Debug)]
+#[serde(untagged)]
+pub enum PeersSetting {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// Validated settings of one node.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub id: NodeId,
+    pub listen: SocketAddr,
+    /// The other voters and their addresses.
+    pub peers: BTreeMap<NodeId, SocketAddr>,
+    pub data_dir: PathBuf,
+    pub log: String,
+    pub heartbeat: Duration,
+    pub election_timeout: Duration,
+    pub tick: Duration,
+    pub request_timeout: Duration,
+    pub peer_timeout: Duration,
+    pub max_value_bytes: usize,
+    pub max_inflight: usize,
+    pub http_workers: usize,
+}
+
+impl Settings {
+    /// Every voter, this node included.
+    pub fn voters(&self) -> Vec<NodeId> {
+        let mut v: Vec<NodeId> = self.peers.keys().copied().collect();
+        v.push(self.id);
+        v.sort_unstable();
+        v
+    }
+
+    pub fn address_of(&self, id: NodeId) -> Option<SocketAddr> {
+        if id == self.id { Some(self.listen) } else { self.peers.get(&id).copied() }
+    }
+
+    pub fn election_ticks(&self) -> u64 {
+        (self.election_timeout.as_millis() / self.tick.as_millis()).max(2) as u64
+    }
+
+    pub fn heartbeat_ticks(&self) -> u64 {
+        (self.heartbeat.as_millis() / self.tick.as_millis()).max(1) as u64
+    }
+}
+
+/// Parses `2=127.0.0.1:8002,3=127.0.0.1:8003`.
+pub fn parse_peers(items: &[String]) -> Result<BTreeMap<NodeId, SocketAddr>, String> {
+    let mut peers = BTreeMap::new();
+    for item in items.iter().flat_map(|s| s.split(',')).map(str::trim).filter(|s| !s.is_empty()) {
+        let (id, addr) = item.split_once('=').ok_or_else(|| format!("peer '{item}' is not id=host:port"))?;
+        let id: NodeId = id.trim().parse().map_err(|_| format!("peer id '{id}' is not a positive integer"))?;
+        if id == 0 {
+            return Err("peer id 0 is not allowed (ids are positive)".into());
+        }
+        let addr: SocketAddr = addr.trim().parse().map_err(|_| format!("peer address '{addr}' is not host:port"))?;
+        if peers.insert(id, addr).is_some() {
+            return Err(format!("peer {id} is listed twice"));
+        }
+    }
+    Ok(peers)
+}
+
+impl Args {
+    /// Merges the flags with the config file (if any), applies defaults and validates.
+    pub fn resolve(self) -> Result<Settings, String> {
+        let file = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| format!("config file {}: {e}", path.display()))?;
+                toml::from_str::<FileSettings>(&text).map_err(|e| format!("config file {}: {e}", path.display()))?
+            }
+            None => FileSettings::default(),
+        };
+        let id = self.id.or(file.id).ok_or("missing --id (or `id` in the config file)")?;
+        if id == 0 {
+            return Err("--id must be a positive integer".into());
+        }
+        let listen = self.listen.or(file.listen).ok_or("missing --listen (or `listen` in the config file)")?;
+        let peer_items: Vec<String> = match (self.peers, file.peers) {
+            (Some(s), _) => vec![s],
+            (None, Some(PeersSetting::One(s))) => vec![s],
+            (None, Some(PeersSetting::Many(v))) => v,
+            (None, None) => vec![],
+        };
+        let peers = parse_peers(&peer_items)?;
+        if peers.contains_key(&id) {
+            return Err(format!("--peers lists this node's own id {id}; list only the other voters"));
+        }
+        if peers.values().any(|a| *a == listen) {
+            return Err(format!("--peers lists this node's own address {listen}"));
+        }
+        let data_dir = self
+            .data_dir
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from(format!("data/node{id}")));
+        let ms = |flag: Option<u64>, file: Option<u64>, default: u64| Duration::from_millis(flag.or(file).unwrap_or(default));
+        let s = Settings {
+            id,
+            listen,
+            peers,
+            data_dir,
+            log: self.log.or(file.log).or_else(|| std::env::var("RUST_LOG").ok()).unwrap_or_else(|| "info".into()),
+            heartbeat: ms(self.heartbeat_ms, file.heartbeat_ms, 50),
+            election_timeout: ms(self.election_timeout_ms, file.election_timeout_ms, 300),
+            tick: ms(self.tick_ms, file.tick_ms, 10),
+            request_timeout: ms(self.request_timeout_ms, file.request_timeout_ms, 3000),
+            peer_timeout: ms(self.peer_timeout_ms, file.peer_timeout_ms, 1000),
+            max_value_bytes: self.max_value_bytes.or(file.max_value_bytes).unwrap_or(1 << 20),
+            max_inflight: self.max_inflight.or(file.max_inflight).unwrap_or(4),
+            http_workers: self.http_workers.or(file.http_workers).unwrap_or(2),
+        };
+        if s.tick.is_zero() || s.heartbeat < s.tick {
+            return Err("tick_ms must be positive and no longer than heartbeat_ms".into());
+        }
+        if s.election_timeout < 2 * s.heartbeat {
+            return Err(format!(
+                "election timeout ({} ms) must be at least twice the heartbeat interval ({} ms)",
+                s.election_timeout.as_millis(),
+                s.heartbeat.as_millis()
+            ));
+        }
+        if s.max_inflight == 0 || s.http_workers == 0 || s.max_value_bytes == 0 {
+            return Err("max_inflight, http_workers and max_value_bytes must be positive".into());
+        }
+        if s.request_timeout.is_zero() || s.peer_timeout.is_zero() {
+            return Err("timeouts must be positive".into());
+        }
+        Ok(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Args {
+        Args::try_parse_from(std::iter::once("raftkv").chain(list.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn flags_give_a_full_configuration() {
+        let s = args(&["--id", "1", "--listen", "127.0.0.1:8001", "--peers", "2=127.0.0.1:8002,3=127.0.0.1:8003"])
+            .resolve()
+            .unwrap();
+        assert_eq!(s.voters(), vec![1, 2, 3]);
+        assert_eq!(s.address_of(3), Some("127.0.0.1:8003".parse().unwrap()));
+        assert_eq!(s.election_ticks(), 30);
+        assert_eq!(s.heartbeat_ticks(), 5);
+        assert_eq!(s.data_dir, PathBuf::from("data/node1"));
+    }
+
+    #[test]
+    fn file_settings_are_overridden_by_flags() {
+        let dir = std::env::temp_dir().join(format!("raftkv-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("node.toml");
+        std::fs::write(&path, "id = 2\nlisten = \"127.0.0.1:9002\"\npeers = [\"1=127.0.0.1:9001\"]\nheartbeat_ms = 40\n").unwrap();
+        let s = args(&["--config", path.to_str().unwrap(), "--heartbeat-ms", "60"]).resolve().unwrap();
+        assert_eq!(s.id, 2);
+        assert_eq!(s.heartbeat, Duration::from_millis(60));
+        assert_eq!(s.peers.len(), 1);
+        std::fs::write(&path, "id = 2\nlisten = \"127.0.0.1:9002\"\nheartbeat = 1\n").unwrap();
+        let err = args(&["--config", path.to_str().unwrap()]).resolve().unwrap_err();
+        assert!(err.contains("unknown field"), "{err}");
+    }
+
+    #[test]
+    fn bad_settings_are_explained() {
+        let e = |list: &[&str]| args(list).resolve().unwrap_err();
+        assert!(e(&["--listen", "127.0.0.1:1"]).contains("--id"));
+        assert!(e(&["--id", "0", "--listen", "127.0.0.1:1"]).contains("positive"));
+        assert!(e(&["--id", "1", "--listen", "127.0.0.1:1", "--peers", "1=127.0.0.1:2"]).contains("own id"));
+        assert!(e(&["--id", "1", "--listen", "127.0.0.1:1", "--peers", "x=127.0.0.1:2"]).contains("positive integer"));
+        assert!(e(&["--id", "1", "--listen", "127.0.0.1:1", "--peers", "2=nowhere"]).contains("host:port"));
+        assert!(e(&["--id", "1", "--listen", "127.0.0.1:1", "--election-timeout-ms", "60"]).contains("twice"));
+    }
+}

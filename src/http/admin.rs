@@ -1,0 +1,88 @@
+//! Operations endpoints: `/health`, `/ready`, `/status`, `/metrics`, `/admin/log`.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde_json::{Value, json};
+
+use super::AppState;
+use super::client_api::read_body;
+use super::errors::ApiError;
+use crate::actors::consensus::{GetStatus, Status};
+use crate::actors::state_machine::GetApplied;
+use crate::logging;
+
+async fn status_of(state: &AppState) -> Result<(Status, u64), ApiError> {
+    let down = |_| ApiError::no_leader("the node is shutting down");
+    let status = state.node.consensus.send(GetStatus).await.map_err(down)?;
+    let applied = state.node.state_machine.send(GetApplied).await.map_err(down)?;
+    Ok((status, applied))
+}
+
+/// Liveness: the process answers HTTP.
+pub async fn health(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok().json(json!({"status": "ok", "id": state.settings.id}))
+}
+
+/// Readiness: a leader is known and everything known committed is applied.
+pub async fn ready(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let (s, applied) = status_of(&state).await?;
+    let body = json!({"id": s.id, "leader": s.leader, "commit_index": s.commit_index, "applied_index": applied});
+    if s.leader.is_none() {
+        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "no leader is known yet")
+            .with("detail", body));
+    }
+    if applied < s.commit_index {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            format!("applied {applied} of {} committed entries", s.commit_index),
+        )
+        .with("detail", body));
+    }
+    let mut body = body;
+    body["ready"] = json!(true);
+    Ok(HttpResponse::Ok().json(body))
+}
+
+/// Id, role, term, leader, indexes and per-peer replication progress.
+pub async fn status(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let (s, applied) = status_of(&state).await?;
+    let mut v = serde_json::to_value(&s).map_err(|e| ApiError::internal(e.to_string()))?;
+    v["applied_index"] = json!(applied);
+    Ok(HttpResponse::Ok().json(v))
+}
+
+/// Prometheus text format.
+pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(state.node.metrics.render())
+}
+
+fn log_body() -> Value {
+    json!({"filter": logging::current_filter(), "targets": logging::TARGETS})
+}
+
+/// The log filter in force and the actor targets it can name.
+pub async fn get_log() -> HttpResponse {
+    HttpResponse::Ok().json(log_body())
+}
+
+/// Replaces the log filter: `{"filter": "info,raftkv::election=trace"}`.
+pub async fn put_log(req: HttpRequest, payload: web::Payload) -> Result<HttpResponse, ApiError> {
+    let body = read_body(&req, payload, 64 * 1024).await?;
+    let v: Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request("invalid_json", format!("the body is not valid JSON: {e}")))?;
+    let Some(obj) = v.as_object() else {
+        return Err(ApiError::bad_request("invalid_json", "the body must be a JSON object like {\"filter\": \"info\"}"));
+    };
+    if let Some(k) = obj.keys().find(|k| k.as_str() != "filter") {
+        return Err(ApiError::bad_request("unknown_field", format!("unknown field '{k}' (accepted: filter)")));
+    }
+    let Some(spec) = obj.get("filter").and_then(Value::as_str) else {
+        return Err(ApiError::bad_request("missing_field", "'filter' must be a string in RUST_LOG syntax"));
+    };
+    logging::set_filter(spec).map_err(|e| ApiError::bad_request("invalid_field", e))?;
+    log::info!(target: "raftkv::http", "log filter set to '{spec}'");
+    Ok(HttpResponse::Ok().json(log_body()))
+}

@@ -1,0 +1,458 @@
+//! The client API (DESIGN §3): `/kv/{key}` GET/PUT/DELETE and `/kv?prefix=`.
+//!
+//! A follower forwards linearizable reads and writes to the leader it knows
+//! and relays the answer; a request that was already forwarded once is not
+//! forwarded again (503 instead), so requests cannot loop.
+
+use std::collections::BTreeMap;
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, web};
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+
+use super::errors::ApiError;
+use super::{AppState, Forwarder};
+use crate::actors::consensus::{ClientRead, ClientWrite, ConsensusActor};
+use crate::actors::state_machine::LocalRead;
+use crate::actors::{ClientError, ClientOutcome, ClientReply, ClientResult};
+use crate::kv::{Command, CommandResult, Condition, Item, Query, QueryResult};
+use crate::raft::NodeId;
+
+pub const MAX_KEY_BYTES: usize = 1024;
+pub const FORWARDED_HEADER: &str = "x-raftkv-forwarded-by";
+
+// --- parsing -------------------------------------------------------------------
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Decodes `%XX` escapes; `+` stays `+` in a path.
+pub fn percent_decode(s: &str) -> Option<Vec<u8>> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hi = hex(*b.get(i + 1)?)?;
+            let lo = hex(*b.get(i + 2)?)?;
+            out.push(hi << 4 | lo);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    Some(out)
+}
+
+/// The key of a `/kv/{key}` request, from the raw path: percent-decoded,
+/// UTF-8, 1 to 1024 bytes; `/` is allowed.
+pub fn parse_key(req: &HttpRequest) -> Result<String, ApiError> {
+    let raw = req.uri().path().strip_prefix("/kv/").unwrap_or("");
+    let bytes = percent_decode(raw).ok_or_else(|| ApiError::bad_request("invalid_key", "malformed %-escape in the key"))?;
+    let key = String::from_utf8(bytes).map_err(|_| ApiError::bad_request("invalid_key", "the key is not valid UTF-8"))?;
+    if key.is_empty() {
+        return Err(ApiError::bad_request("invalid_key", "the key must not be empty: use /kv/<key>"));
+    }
+    if key.len() > MAX_KEY_BYTES {
+        return Err(ApiError::too_large(format!("the key is {} bytes; the limit is {MAX_KEY_BYTES}", key.len())));
+    }
+    Ok(key)
+}
+
+/// Query parameters, checked against the names the endpoint accepts.
+fn params(req: &HttpRequest, allowed: &[&str]) -> Result<BTreeMap<String, String>, ApiError> {
+    let pairs = web::Query::<Vec<(String, String)>>::from_query(req.query_string())
+        .map_err(|e| ApiError::bad_request("invalid_parameter", format!("malformed query string: {e}")))?;
+    let mut out = BTreeMap::new();
+    for (k, v) in pairs.into_inner() {
+        if !allowed.contains(&k.as_str()) {
+            return Err(ApiError::bad_request(
+                "invalid_parameter",
+                format!("unknown query parameter '{k}' (accepted: {})", allowed.join(", ")),
+            )
+            .with("parameter", json!(k)));
+        }
+        if out.insert(k.clone(), v).is_some() {
+            return Err(ApiError::bad_request("invalid_parameter", format!("query parameter '{k}' given twice")));
+        }
+    }
+    Ok(out)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Consistency {
+    Linearizable,
+    Lease,
+    Stale,
+}
+
+fn consistency(p: &BTreeMap<String, String>) -> Result<Consistency, ApiError> {
+    match p.get("consistency").map(String::as_str) {
+        None | Some("linearizable") => Ok(Consistency::Linearizable),
+        Some("lease") => Ok(Consistency::Lease),
+        Some("stale") => Ok(Consistency::Stale),
+        Some(other) => Err(ApiError::bad_request(
+            "invalid_parameter",
+            format!("consistency must be linearizable, lease or stale, not '{other}'"),
+        )),
+    }
+}
+
+fn u64_param(p: &BTreeMap<String, String>, name: &str) -> Result<Option<u64>, ApiError> {
+    p.get(name)
+        .map(|v| {
+            v.parse::<u64>().map_err(|_| {
+                ApiError::bad_request("invalid_parameter", format!("{name} must be a non-negative integer, not '{v}'"))
+            })
+        })
+        .transpose()
+}
+
+/// Reads the whole body, refusing more than `limit` bytes with a 413.
+pub async fn read_body(req: &HttpRequest, mut payload: web::Payload, limit: usize) -> Result<Bytes, ApiError> {
+    let too_large = || ApiError::too_large(format!("the request body exceeds {limit} bytes"));
+    if let Some(len) = req.headers().get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok())
+        && len > limit
+    {
+        return Err(too_large());
+    }
+    let mut body = BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| ApiError::bad_request("invalid_body", format!("could not read the body: {e}")))?;
+        if body.len() + chunk.len() > limit {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
+/// `{"value": "v"}` with at most one of `"if_value": "old"` or `"if_revision": n`.
+pub fn parse_put_body(body: &[u8], key: String, max_value: usize) -> Result<Command, ApiError> {
+    const FIELDS: [&str; 3] = ["value", "if_value", "if_revision"];
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::bad_request("invalid_json", "the body must be a JSON object like {\"value\": \"...\"}"));
+    }
+    let v: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request("invalid_json", format!("the body is not valid JSON: {e}")))?;
+    let Value::Object(map) = v else {
+        return Err(ApiError::bad_request("invalid_json", "the body must be a JSON object like {\"value\": \"...\"}"));
+    };
+    if let Some(k) = map.keys().find(|k| !FIELDS.contains(&k.as_str())) {
+        return Err(ApiError::bad_request(
+            "unknown_field",
+            format!("unknown field '{k}' (accepted: value, if_value, if_revision)"),
+        )
+        .with("field", json!(k)));
+    }
+    let value = match map.get("value") {
+        None => return Err(ApiError::bad_request("missing_field", "missing field 'value'").with("field", json!("value"))),
+        Some(Value::String(s)) => s.clone(),
+        Some(_) => return Err(ApiError::bad_request("invalid_field", "'value' must be a string").with("field", json!("value"))),
+    };
+    if value.len() > max_value {
+        return Err(ApiError::too_large(format!("the value is {} bytes; the limit is {max_value}", value.len())));
+    }
+    let if_value = match map.get("if_value") {
+        None => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(Value::Null) => {
+            return Err(ApiError::bad_request(
+                "invalid_field",
+                "'if_value' must be a string; to require that the key does not exist, use \"if_revision\": 0",
+            )
+            .with("field", json!("if_value")));
+        }
+        Some(_) => {
+            return Err(ApiError::bad_request("invalid_field", "'if_value' must be a string").with("field", json!("if_value")));
+        }
+    };
+    let if_revision = match map.get("if_revision") {
+        None => None,
+        Some(n) => Some(n.as_u64().ok_or_else(|| {
+            ApiError::bad_request("invalid_field", "'if_revision' must be a non-negative integer")
+                .with("field", json!("if_revision"))
+        })?),
+    };
+    let condition = match (if_value, if_revision) {
+        (None, None) => Condition::None,
+        (Some(v), None) => Condition::IfValue(v),
+        (None, Some(r)) => Condition::IfRevision(r),
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request("invalid_field", "give at most one of 'if_value' and 'if_revision'"));
+        }
+    };
+    Ok(Command::Put { key, value, condition })
+}
+
+// --- talking to the actors --------------------------------------------------------
+
+enum Reply {
+    Done(ClientOutcome),
+    Forwarded(HttpResponse),
+}
+
+/// Sends a request into the node and waits for its answer, forwarding it
+/// to the leader if this node is not the leader.
+async fn submit<M>(
+    state: &AppState,
+    fwd: &Forwarder,
+    req: &HttpRequest,
+    body: Bytes,
+    make: impl FnOnce(ClientReply) -> M,
+) -> Result<Reply, ApiError>
+where
+    M: actix::Message<Result = ()> + Send + 'static,
+    ConsensusActor: actix::Handler<M>,
+{
+    let (tx, rx) = oneshot::channel::<ClientResult>();
+    let deadline = state.settings.request_timeout;
+    let asked = async {
+        state
+            .node
+            .consensus
+            .send(make(tx))
+            .await
+            .map_err(|_| ApiError::no_leader("the node is shutting down"))?;
+        rx.await.map_err(|_| ApiError::timeout("the request was accepted but its outcome was lost"))
+    };
+    let result = match tokio::time::timeout(deadline, asked).await {
+        Ok(r) => r?,
+        Err(_) => {
+            return Err(ApiError::timeout(format!(
+                "no answer within {} ms; the request may or may not have taken effect",
+                deadline.as_millis()
+            )));
+        }
+    };
+    match result {
+        Ok(outcome) => Ok(Reply::Done(outcome)),
+        Err(ClientError::NotLeader { leader: Some(leader) }) if !req.headers().contains_key(FORWARDED_HEADER) => {
+            forward(state, fwd, req, body, leader).await.map(Reply::Forwarded)
+        }
+        Err(ClientError::NotLeader { leader }) => Err(ApiError::no_leader(match leader {
+            Some(l) => format!("node {} is not the leader and the request was already forwarded; leader is {l}", state.settings.id),
+            None => "no leader is known right now; retry shortly".to_string(),
+        })),
+        Err(ClientError::Dropped) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "leader_changed",
+            "the leader changed before the write committed; it was not applied and will not be — retry",
+        )),
+        Err(ClientError::Unavailable) => Err(ApiError::no_leader("the node is shutting down")),
+    }
+}
+
+/// Relays the request to the leader and its answer back.
+async fn forward(state: &AppState, fwd: &Forwarder, req: &HttpRequest, body: Bytes, leader: NodeId) -> Result<HttpResponse, ApiError> {
+    let Some(addr) = state.settings.address_of(leader) else {
+        return Err(ApiError::no_leader(format!("leader {leader} has no known address")));
+    };
+    let pq = req.uri().path_and_query().map_or(req.uri().path(), |pq| pq.as_str());
+    let mut out = fwd
+        .client
+        .request(req.method().clone(), format!("http://{addr}{pq}"))
+        .insert_header((FORWARDED_HEADER, state.settings.id.to_string()))
+        .timeout(state.settings.request_timeout);
+    if let Some(ct) = req.headers().get("content-type") {
+        out = out.insert_header(("content-type", ct.clone()));
+    }
+    let mut resp = match out.send_body(body).await {
+        Ok(r) => r,
+        Err(awc::error::SendRequestError::Connect(e)) => {
+            return Err(ApiError::no_leader(format!("leader {leader} at {addr} is unreachable: {e}")));
+        }
+        Err(e) => {
+            return Err(ApiError::timeout(format!(
+                "lost the connection to leader {leader} at {addr} ({e}); the request may or may not have taken effect"
+            )));
+        }
+    };
+    let body = resp
+        .body()
+        .limit(state.client_body_limit() + (1 << 20))
+        .await
+        .map_err(|e| ApiError::timeout(format!("reading the answer of leader {leader} failed: {e}")))?;
+    let mut b = HttpResponse::build(resp.status());
+    for name in ["content-type", "retry-after"] {
+        if let Some(v) = resp.headers().get(name) {
+            b.insert_header((name, v.clone()));
+        }
+    }
+    b.insert_header(("x-raftkv-leader", leader.to_string()));
+    Ok(b.body(body))
+}
+
+// --- handlers -------------------------------------------------------------------------
+
+fn write_response(result: CommandResult) -> HttpResponse {
+    match result {
+        CommandResult::Put { key, revision } => HttpResponse::Ok().json(json!({"key": key, "revision": revision})),
+        CommandResult::Deleted { key, deleted, revision } => {
+            HttpResponse::Ok().json(json!({"key": key, "deleted": deleted, "revision": revision}))
+        }
+        CommandResult::PreconditionFailed { key, current } => {
+            let err = ApiError::new(
+                StatusCode::PRECONDITION_FAILED,
+                "precondition_failed",
+                format!("the condition on '{key}' does not hold; nothing was changed"),
+            )
+            .with("key", json!(key))
+            .with("current", json!(current.map(|i| json!({"value": i.value, "revision": i.revision}))));
+            actix_web::ResponseError::error_response(&err)
+        }
+    }
+}
+
+fn read_response(result: QueryResult, stale: bool) -> HttpResponse {
+    let mut ok = HttpResponse::Ok();
+    if stale {
+        ok.insert_header(("x-raftkv-consistency", "stale"));
+    }
+    match result {
+        QueryResult::Found(Item { key, value, revision }) => {
+            let mut v = json!({"key": key, "value": value, "revision": revision});
+            if stale {
+                v["stale"] = json!(true);
+            }
+            ok.json(v)
+        }
+        QueryResult::NotFound { key } => {
+            let err = ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("key '{key}' not found")).with("key", json!(key));
+            let mut resp = actix_web::ResponseError::error_response(&err);
+            if stale {
+                resp.headers_mut().insert(
+                    actix_web::http::header::HeaderName::from_static("x-raftkv-consistency"),
+                    actix_web::http::header::HeaderValue::from_static("stale"),
+                );
+            }
+            resp
+        }
+        QueryResult::Items { items, revision } => {
+            let mut v = json!({"items": items, "revision": revision});
+            if stale {
+                v["stale"] = json!(true);
+            }
+            ok.json(v)
+        }
+    }
+}
+
+async fn read(state: &AppState, fwd: &Forwarder, req: &HttpRequest, query: Query, c: Consistency) -> Result<HttpResponse, ApiError> {
+    if c == Consistency::Stale {
+        let (result, _) = state
+            .node
+            .state_machine
+            .send(LocalRead { query })
+            .await
+            .map_err(|_| ApiError::no_leader("the node is shutting down"))?;
+        return Ok(read_response(result, true));
+    }
+    let lease = c == Consistency::Lease;
+    match submit(state, fwd, req, Bytes::new(), |reply| ClientRead { query, lease, reply }).await? {
+        Reply::Forwarded(r) => Ok(r),
+        Reply::Done(ClientOutcome::Read(result)) => Ok(read_response(result, false)),
+        Reply::Done(other) => Err(ApiError::internal(format!("unexpected answer to a read: {other:?}"))),
+    }
+}
+
+async fn write(state: &AppState, fwd: &Forwarder, req: &HttpRequest, body: Bytes, command: Command) -> Result<HttpResponse, ApiError> {
+    match submit(state, fwd, req, body, |reply| ClientWrite { command, reply }).await? {
+        Reply::Forwarded(r) => Ok(r),
+        Reply::Done(ClientOutcome::Write(result)) => Ok(write_response(result)),
+        Reply::Done(other) => Err(ApiError::internal(format!("unexpected answer to a write: {other:?}"))),
+    }
+}
+
+/// `GET /kv/{key}?consistency=linearizable|lease|stale`
+pub async fn get_key(req: HttpRequest, state: web::Data<AppState>, fwd: web::Data<Forwarder>) -> Result<HttpResponse, ApiError> {
+    if req.uri().path() == "/kv/" {
+        return list(req, state, fwd).await;
+    }
+    let key = parse_key(&req)?;
+    let p = params(&req, &["consistency"])?;
+    let c = consistency(&p)?;
+    read(&state, &fwd, &req, Query::Get { key }, c).await
+}
+
+/// `PUT /kv/{key}` with `{"value": ..., "if_value"?: ..., "if_revision"?: ...}`
+pub async fn put_key(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+    fwd: web::Data<Forwarder>,
+) -> Result<HttpResponse, ApiError> {
+    let key = parse_key(&req)?;
+    params(&req, &[])?;
+    let body = read_body(&req, payload, state.client_body_limit()).await?;
+    let command = parse_put_body(&body, key, state.settings.max_value_bytes)?;
+    write(&state, &fwd, &req, body, command).await
+}
+
+/// `DELETE /kv/{key}?if_revision=n`
+pub async fn delete_key(req: HttpRequest, state: web::Data<AppState>, fwd: web::Data<Forwarder>) -> Result<HttpResponse, ApiError> {
+    let key = parse_key(&req)?;
+    let p = params(&req, &["if_revision"])?;
+    let if_revision = u64_param(&p, "if_revision")?;
+    write(&state, &fwd, &req, Bytes::new(), Command::Delete { key, if_revision }).await
+}
+
+/// `GET /kv?prefix=p&limit=n&consistency=...`
+pub async fn list(req: HttpRequest, state: web::Data<AppState>, fwd: web::Data<Forwarder>) -> Result<HttpResponse, ApiError> {
+    let p = params(&req, &["prefix", "limit", "consistency"])?;
+    let c = consistency(&p)?;
+    let limit = match u64_param(&p, "limit")? {
+        Some(0) => return Err(ApiError::bad_request("invalid_parameter", "limit must be at least 1")),
+        Some(n) => Some(n as usize),
+        None => None,
+    };
+    let prefix = p.get("prefix").cloned().unwrap_or_default();
+    read(&state, &fwd, &req, Query::List { prefix, limit }, c).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode("a%2Fb%20c+d").unwrap(), b"a/b c+d");
+        assert!(percent_decode("bad%2").is_none());
+        assert!(percent_decode("bad%zz").is_none());
+    }
+
+    #[test]
+    fn put_bodies_are_strict() {
+        let p = |b: &str| parse_put_body(b.as_bytes(), "k".into(), 10);
+        assert_eq!(p(r#"{"value":"v"}"#).unwrap(), Command::Put { key: "k".into(), value: "v".into(), condition: Condition::None });
+        assert_eq!(
+            p(r#"{"value":"v","if_revision":0}"#).unwrap(),
+            Command::Put { key: "k".into(), value: "v".into(), condition: Condition::IfRevision(0) }
+        );
+        let code = |b: &str| p(b).unwrap_err().code;
+        assert_eq!(code(""), "invalid_json");
+        assert_eq!(code("{"), "invalid_json");
+        assert_eq!(code("[1]"), "invalid_json");
+        assert_eq!(code(r#"{"valu":"v"}"#), "unknown_field");
+        assert_eq!(code(r#"{"value":"v","if_valu":"x"}"#), "unknown_field");
+        assert_eq!(code(r#"{}"#), "missing_field");
+        assert_eq!(code(r#"{"value":1}"#), "invalid_field");
+        assert_eq!(code(r#"{"value":"v","if_value":null}"#), "invalid_field");
+        assert_eq!(code(r#"{"value":"v","if_revision":-1}"#), "invalid_field");
+        assert_eq!(code(r#"{"value":"v","if_revision":"3"}"#), "invalid_field");
+        assert_eq!(code(r#"{"value":"v","if_value":"a","if_revision":1}"#), "invalid_field");
+        assert_eq!(code(r#"{"value":"01234567890"}"#), "too_large");
+        assert_eq!(p(r#"{"value":"01234567890"}"#).unwrap_err().status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(parse_put_body(b"{\"value\":\"\xff\"}", "k".into(), 10).unwrap_err().code, "invalid_json");
+    }
+}

@@ -1,0 +1,172 @@
+//! The HTTP front door: one actix-web server for the client API, the
+//! operations endpoints and the internal Raft RPCs. Handlers only
+//! translate: parse and validate, send a message into the actor system,
+//! map the answer to a response.
+//!
+//! Routes, grouped:
+//! * client API (`client_api.rs`): `/kv/{key}`, `/kv?prefix=`
+//! * operations (`admin.rs`): `/health`, `/ready`, `/status`, `/metrics`, `/admin/log`
+//! * Raft internal (`raft_rpc.rs`): `/raft/request_vote`, `/raft/append_entries`, `/raft/heartbeat`
+
+pub mod admin;
+pub mod client_api;
+pub mod errors;
+pub mod raft_rpc;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix_web::dev::Service;
+use actix_web::http::StatusCode;
+use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use log::debug;
+
+use crate::actors::NodeHandles;
+use crate::config::Settings;
+use crate::metrics::Metrics;
+use errors::ApiError;
+
+const T_HTTP: &str = "raftkv::http";
+
+/// Shared by every worker.
+pub struct AppState {
+    pub settings: Settings,
+    pub node: NodeHandles,
+}
+
+impl AppState {
+    /// Largest client request body accepted: the value limit, room for JSON
+    /// escaping (a value of quotes doubles in size) and the other fields.
+    pub fn client_body_limit(&self) -> usize {
+        2 * self.settings.max_value_bytes + 64 * 1024
+    }
+
+    /// Largest peer message accepted: a full AppendEntries batch plus one value.
+    pub fn peer_body_limit(&self) -> usize {
+        4 * self.settings.max_value_bytes + (4 << 20)
+    }
+}
+
+/// One per worker thread: the HTTP client used to forward requests to the
+/// leader (awc clients are not shared between threads).
+pub struct Forwarder {
+    pub client: awc::Client,
+}
+
+impl Forwarder {
+    pub fn new(settings: &Settings) -> Self {
+        let client = awc::Client::builder()
+            .connector(awc::Connector::new().local_address(settings.listen.ip()))
+            .timeout(settings.request_timeout)
+            .disable_redirects()
+            .finish();
+        Forwarder { client }
+    }
+}
+
+/// The route name recorded in metrics.
+fn route_name(req: &HttpRequest) -> &'static str {
+    match req.match_pattern().as_deref() {
+        Some("/kv/{key:.*}") => "/kv/{key}",
+        Some("/kv") => "/kv",
+        Some("/health") => "/health",
+        Some("/ready") => "/ready",
+        Some("/status") => "/status",
+        Some("/metrics") => "/metrics",
+        Some("/admin/log") => "/admin/log",
+        Some("/raft/request_vote") => "/raft/request_vote",
+        Some("/raft/append_entries") => "/raft/append_entries",
+        Some("/raft/heartbeat") => "/raft/heartbeat",
+        _ => "other",
+    }
+}
+
+fn method_name(m: &actix_web::http::Method) -> &'static str {
+    match m.as_str() {
+        "GET" => "GET",
+        "PUT" => "PUT",
+        "POST" => "POST",
+        "DELETE" => "DELETE",
+        "HEAD" => "HEAD",
+        _ => "OTHER",
+    }
+}
+
+async fn no_route(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::new(StatusCode::NOT_FOUND, "no_route", format!("no such endpoint: {} {}", req.method(), req.path())))
+}
+
+async fn method_not_allowed(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{} is not supported on {}", req.method(), req.path()),
+    ))
+}
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::resource("/kv")
+            .route(web::get().to(client_api::list))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/kv/{key:.*}")
+            .route(web::get().to(client_api::get_key))
+            .route(web::put().to(client_api::put_key))
+            .route(web::delete().to(client_api::delete_key))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(web::resource("/health").route(web::get().to(admin::health)).default_service(web::to(method_not_allowed)))
+    .service(web::resource("/ready").route(web::get().to(admin::ready)).default_service(web::to(method_not_allowed)))
+    .service(web::resource("/status").route(web::get().to(admin::status)).default_service(web::to(method_not_allowed)))
+    .service(web::resource("/metrics").route(web::get().to(admin::metrics)).default_service(web::to(method_not_allowed)))
+    .service(
+        web::resource("/admin/log")
+            .route(web::get().to(admin::get_log))
+            .route(web::put().to(admin::put_log))
+            .default_service(web::to(method_not_allowed)),
+    );
+    for kind in ["request_vote", "append_entries", "heartbeat"] {
+        cfg.service(
+            web::resource(format!("/raft/{kind}"))
+                .route(web::post().to(raft_rpc::handle))
+                .default_service(web::to(method_not_allowed)),
+        );
+    }
+}
+
+/// Serves until the process is asked to stop.
+pub async fn serve(settings: Settings, node: NodeHandles, metrics: Arc<Metrics>) -> std::io::Result<()> {
+    let listen = settings.listen;
+    let workers = settings.http_workers;
+    let state = web::Data::new(AppState { settings, node });
+    HttpServer::new(move || {
+        let metrics = metrics.clone();
+        App::new()
+            .app_data(state.clone())
+            .app_data(web::Data::new(Forwarder::new(&state.settings)))
+            .wrap_fn(move |req, srv| {
+                let started = Instant::now();
+                let metrics = metrics.clone();
+                let fut = srv.call(req);
+                async move {
+                    let res = fut.await?;
+                    let route = route_name(res.request());
+                    let method = method_name(res.request().method());
+                    let status = res.status().as_u16();
+                    let secs = started.elapsed().as_secs_f64();
+                    metrics.observe_http(route, method, status, secs);
+                    debug!(target: T_HTTP, "{method} {} -> {status} in {:.3} ms", res.request().path(), secs * 1e3);
+                    Ok(res)
+                }
+            })
+            .configure(routes)
+            .default_service(web::to(no_route))
+    })
+    .workers(workers)
+    .shutdown_timeout(1)
+    .bind(listen)?
+    .run()
+    .await
+}

@@ -1,0 +1,346 @@
+//! The key-value state machine: commands, their binary encoding in log
+//! entries, and the map they are applied to. Pure and deterministic: the
+//! same committed log always produces the same map and the same results.
+//!
+//! Every key carries a *revision*: the log index of the write that last
+//! changed it. Compare-and-set conditions are evaluated here, at apply
+//! time, so they are linearizable with every other write.
+
+use std::collections::BTreeMap;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::Serialize;
+
+use crate::codec::{DecodeError, Reader, put_bytes};
+use crate::raft::Index;
+
+/// A condition on the current state of a key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Condition {
+    None,
+    /// The key exists and holds exactly this value.
+    IfValue(String),
+    /// The key's revision is this; 0 means "the key must not exist".
+    IfRevision(u64),
+}
+
+/// A write, as stored in a log entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    Put { key: String, value: String, condition: Condition },
+    Delete { key: String, if_revision: Option<u64> },
+}
+
+/// A key's current value and the revision that wrote it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Item {
+    pub key: String,
+    pub value: String,
+    pub revision: u64,
+}
+
+/// The outcome of applying a command.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CommandResult {
+    Put { key: String, revision: u64 },
+    Deleted { key: String, deleted: bool, revision: u64 },
+    /// The condition did not hold; nothing changed. `current` is the key's
+    /// state when the command was applied.
+    PreconditionFailed { key: String, current: Option<Item> },
+}
+
+/// A read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Query {
+    Get { key: String },
+    List { prefix: String, limit: Option<usize> },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum QueryResult {
+    Found(Item),
+    NotFound { key: String },
+    /// Matching items in key order, and the index the store has applied.
+    Items { items: Vec<Item>, revision: u64 },
+}
+
+// --- encoding ----------------------------------------------------------------
+
+const CMD_PUT: u8 = 1;
+const CMD_DELETE: u8 = 2;
+const COND_NONE: u8 = 0;
+const COND_VALUE: u8 = 1;
+const COND_REVISION: u8 = 2;
+
+impl Command {
+    pub fn key(&self) -> &str {
+        match self {
+            Command::Put { key, .. } | Command::Delete { key, .. } => key,
+        }
+    }
+
+    pub fn encode(&self) -> Bytes {
+        let mut out = BytesMut::with_capacity(32 + self.key().len());
+        match self {
+            Command::Put { key, value, condition } => {
+                out.reserve(value.len());
+                out.put_u8(CMD_PUT);
+                put_bytes(&mut out, key.as_bytes());
+                put_bytes(&mut out, value.as_bytes());
+                match condition {
+                    Condition::None => out.put_u8(COND_NONE),
+                    Condition::IfValue(v) => {
+                        out.put_u8(COND_VALUE);
+                        put_bytes(&mut out, v.as_bytes());
+                    }
+                    Condition::IfRevision(r) => {
+                        out.put_u8(COND_REVISION);
+                        out.put_u64_le(*r);
+                    }
+                }
+            }
+            Command::Delete { key, if_revision } => {
+                out.put_u8(CMD_DELETE);
+                put_bytes(&mut out, key.as_bytes());
+                match if_revision {
+                    None => out.put_u8(COND_NONE),
+                    Some(r) => {
+                        out.put_u8(COND_REVISION);
+                        out.put_u64_le(*r);
+                    }
+                }
+            }
+        }
+        out.freeze()
+    }
+
+    pub fn decode(buf: Bytes) -> Result<Command, DecodeError> {
+        let mut r = Reader::new(buf);
+        let cmd = match r.u8("command kind")? {
+            CMD_PUT => {
+                let key = r.string("key")?;
+                let value = r.string("value")?;
+                let condition = match r.u8("condition")? {
+                    COND_NONE => Condition::None,
+                    COND_VALUE => Condition::IfValue(r.string("if_value")?),
+                    COND_REVISION => Condition::IfRevision(r.u64("if_revision")?),
+                    c => return Err(DecodeError(format!("unknown condition {c}"))),
+                };
+                Command::Put { key, value, condition }
+            }
+            CMD_DELETE => {
+                let key = r.string("key")?;
+                let if_revision = match r.u8("condition")? {
+                    COND_NONE => None,
+                    COND_REVISION => Some(r.u64("if_revision")?),
+                    c => return Err(DecodeError(format!("unknown delete condition {c}"))),
+                };
+                Command::Delete { key, if_revision }
+            }
+            k => return Err(DecodeError(format!("unknown command kind {k}"))),
+        };
+        r.finish("command")?;
+        Ok(cmd)
+    }
+}
+
+// --- the store ------------------------------------------------------------------
+
+#[derive(Clone, Debug)]
+struct Versioned {
+    value: String,
+    revision: u64,
+}
+
+/// The replicated map.
+#[derive(Default, Debug)]
+pub struct KvStore {
+    map: BTreeMap<String, Versioned>,
+    /// Index of the last log entry applied. Invariant: entries are applied
+    /// in index order, each once.
+    applied: Index,
+}
+
+impl KvStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn applied(&self) -> Index {
+        self.applied
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Marks `index` applied without a command (a no-op entry).
+    pub fn skip(&mut self, index: Index) {
+        assert!(index > self.applied, "entry {index} applied twice (applied {})", self.applied);
+        self.applied = index;
+    }
+
+    /// Applies the command of log entry `index`.
+    pub fn apply(&mut self, index: Index, cmd: Command) -> CommandResult {
+        self.skip(index);
+        match cmd {
+            Command::Put { key, value, condition } => {
+                let holds = match (&condition, self.map.get(&key)) {
+                    (Condition::None, _) => true,
+                    (Condition::IfValue(want), Some(cur)) => cur.value == *want,
+                    (Condition::IfValue(_), None) => false,
+                    (Condition::IfRevision(0), cur) => cur.is_none(),
+                    (Condition::IfRevision(r), Some(cur)) => cur.revision == *r,
+                    (Condition::IfRevision(_), None) => false,
+                };
+                if !holds {
+                    let current = self.item(&key);
+                    return CommandResult::PreconditionFailed { key, current };
+                }
+                self.map.insert(key.clone(), Versioned { value, revision: index });
+                CommandResult::Put { key, revision: index }
+            }
+            Command::Delete { key, if_revision } => {
+                if let Some(want) = if_revision {
+                    let cur = self.map.get(&key).map_or(0, |v| v.revision);
+                    if cur != want {
+                        let current = self.item(&key);
+                        return CommandResult::PreconditionFailed { key, current };
+                    }
+                }
+                let deleted = self.map.remove(&key).is_some();
+                CommandResult::Deleted { key, deleted, revision: index }
+            }
+        }
+    }
+
+    fn item(&self, key: &str) -> Option<Item> {
+        self.map.get(key).map(|v| Item { key: key.to_string(), value: v.value.clone(), revision: v.revision })
+    }
+
+    pub fn query(&self, q: &Query) -> QueryResult {
+        match q {
+            Query::Get { key } => match self.item(key) {
+                Some(item) => QueryResult::Found(item),
+                None => QueryResult::NotFound { key: key.clone() },
+            },
+            Query::List { prefix, limit } => {
+                let items = self
+                    .map
+                    .range(prefix.clone()..)
+                    .take_while(|(k, _)| k.starts_with(prefix.as_str()))
+                    .take(limit.unwrap_or(usize::MAX))
+                    .map(|(k, v)| Item { key: k.clone(), value: v.value.clone(), revision: v.revision })
+                    .collect();
+                QueryResult::Items { items, revision: self.applied }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(key: &str, value: &str, condition: Condition) -> Command {
+        Command::Put { key: key.into(), value: value.into(), condition }
+    }
+
+    #[test]
+    fn commands_roundtrip_and_reject_garbage() {
+        let cmds = [
+            put("a/b", "v", Condition::None),
+            put("k", "ü", Condition::IfValue("old".into())),
+            put("k", "", Condition::IfRevision(0)),
+            Command::Delete { key: "x".into(), if_revision: Some(9) },
+            Command::Delete { key: "x".into(), if_revision: None },
+        ];
+        for c in cmds {
+            let enc = c.encode();
+            assert_eq!(Command::decode(enc.clone()).unwrap(), c);
+            assert!(Command::decode(enc.slice(..enc.len() - 1)).is_err());
+        }
+        assert!(Command::decode(Bytes::from_static(&[7])).is_err());
+    }
+
+    #[test]
+    fn revision_is_the_log_index_of_the_last_write() {
+        let mut s = KvStore::new();
+        assert_eq!(s.apply(3, put("k", "a", Condition::None)), CommandResult::Put { key: "k".into(), revision: 3 });
+        s.skip(4);
+        s.apply(5, put("k", "b", Condition::None));
+        assert_eq!(
+            s.query(&Query::Get { key: "k".into() }),
+            QueryResult::Found(Item { key: "k".into(), value: "b".into(), revision: 5 })
+        );
+    }
+
+    #[test]
+    fn compare_and_set_by_value_and_by_revision() {
+        let mut s = KvStore::new();
+        s.apply(1, put("k", "a", Condition::None));
+        let failed = s.apply(2, put("k", "x", Condition::IfValue("zzz".into())));
+        assert_eq!(
+            failed,
+            CommandResult::PreconditionFailed {
+                key: "k".into(),
+                current: Some(Item { key: "k".into(), value: "a".into(), revision: 1 })
+            }
+        );
+        assert!(matches!(s.apply(3, put("k", "b", Condition::IfValue("a".into()))), CommandResult::Put { .. }));
+        assert!(matches!(s.apply(4, put("k", "c", Condition::IfRevision(1))), CommandResult::PreconditionFailed { .. }));
+        assert!(matches!(s.apply(5, put("k", "c", Condition::IfRevision(3))), CommandResult::Put { .. }));
+        // if_revision 0: create only.
+        assert!(matches!(s.apply(6, put("k", "d", Condition::IfRevision(0))), CommandResult::PreconditionFailed { .. }));
+        assert!(matches!(s.apply(7, put("new", "d", Condition::IfRevision(0))), CommandResult::Put { .. }));
+        // if_value on a missing key fails with current = null.
+        assert_eq!(
+            s.apply(8, put("missing", "v", Condition::IfValue("x".into()))),
+            CommandResult::PreconditionFailed { key: "missing".into(), current: None }
+        );
+    }
+
+    #[test]
+    fn delete_reports_whether_it_removed_something() {
+        let mut s = KvStore::new();
+        s.apply(1, put("k", "a", Condition::None));
+        assert!(matches!(s.apply(2, Command::Delete { key: "k".into(), if_revision: Some(7) }), CommandResult::PreconditionFailed { .. }));
+        assert_eq!(
+            s.apply(3, Command::Delete { key: "k".into(), if_revision: Some(1) }),
+            CommandResult::Deleted { key: "k".into(), deleted: true, revision: 3 }
+        );
+        assert_eq!(
+            s.apply(4, Command::Delete { key: "k".into(), if_revision: None }),
+            CommandResult::Deleted { key: "k".into(), deleted: false, revision: 4 }
+        );
+    }
+
+    #[test]
+    fn list_by_prefix_is_sorted_and_limited() {
+        let mut s = KvStore::new();
+        for (i, k) in ["b/2", "a", "b/1", "b/3", "c"].iter().enumerate() {
+            s.apply(i as u64 + 1, put(k, "v", Condition::None));
+        }
+        let QueryResult::Items { items, revision } = s.query(&Query::List { prefix: "b/".into(), limit: Some(2) }) else {
+            panic!()
+        };
+        assert_eq!(items.iter().map(|i| i.key.as_str()).collect::<Vec<_>>(), ["b/1", "b/2"]);
+        assert_eq!(revision, 5);
+        let QueryResult::Items { items, .. } = s.query(&Query::List { prefix: String::new(), limit: None }) else {
+            panic!()
+        };
+        assert_eq!(items.len(), 5);
+    }
+
+    #[test]
+    #[should_panic(expected = "applied twice")]
+    fn applying_an_entry_twice_is_a_bug() {
+        let mut s = KvStore::new();
+        s.skip(2);
+        s.skip(2);
+    }
+}

@@ -1,0 +1,249 @@
+//! Prometheus metrics (`GET /metrics`, text exposition format 0.0.4).
+//!
+//! A registry of atomics shared by the actors like a logger is: each actor
+//! only writes the series it owns; the HTTP handler only reads them. No
+//! actor learns anything about another through it.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use crate::raft::{NodeId, Role};
+
+/// Cumulative histogram with fixed buckets.
+pub struct Histogram {
+    bounds: &'static [f64],
+    counts: Vec<AtomicU64>,
+    sum_bits: AtomicU64,
+    count: AtomicU64,
+}
+
+impl Histogram {
+    pub fn new(bounds: &'static [f64]) -> Self {
+        Histogram {
+            bounds,
+            counts: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
+            sum_bits: AtomicU64::new(0f64.to_bits()),
+            count: AtomicU64::new(0),
+        }
+    }
+
+    pub fn observe(&self, v: f64) {
+        if let Some(i) = self.bounds.iter().position(|&b| v <= b) {
+            self.counts[i].fetch_add(1, Relaxed);
+        }
+        self.count.fetch_add(1, Relaxed);
+        let mut cur = self.sum_bits.load(Relaxed);
+        loop {
+            let new = (f64::from_bits(cur) + v).to_bits();
+            match self.sum_bits.compare_exchange_weak(cur, new, Relaxed, Relaxed) {
+                Ok(_) => break,
+                Err(x) => cur = x,
+            }
+        }
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count.load(Relaxed)
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let sep = if labels.is_empty() { "" } else { "," };
+        let mut cum = 0;
+        for (b, c) in self.bounds.iter().zip(&self.counts) {
+            cum += c.load(Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{b}\"}} {cum}");
+        }
+        let total = self.count.load(Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {total}");
+        let braces = if labels.is_empty() { String::new() } else { format!("{{{labels}}}") };
+        let _ = writeln!(out, "{name}_sum{braces} {}", f64::from_bits(self.sum_bits.load(Relaxed)));
+        let _ = writeln!(out, "{name}_count{braces} {total}");
+    }
+}
+
+const SECONDS: &[f64] =
+    &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
+const BATCH: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0];
+
+/// Per-peer series, owned by that peer's replicator (requests) and by the
+/// consensus actor (match index, lag).
+#[derive(Default)]
+pub struct PeerMetrics {
+    pub append_entries_sent: AtomicU64,
+    pub append_entries_failed: AtomicU64,
+    pub heartbeats_sent: AtomicU64,
+    pub heartbeats_failed: AtomicU64,
+    pub votes_sent: AtomicU64,
+    pub votes_failed: AtomicU64,
+    pub match_index: AtomicU64,
+    pub replication_lag: AtomicU64,
+}
+
+pub struct Metrics {
+    pub node_id: NodeId,
+    // consensus
+    pub term: AtomicU64,
+    pub role: AtomicU64,
+    pub leader_id: AtomicU64,
+    pub commit_index: AtomicU64,
+    pub last_log_index: AtomicU64,
+    pub stable_index: AtomicU64,
+    pub elections_started: AtomicU64,
+    pub elections_won: AtomicU64,
+    pub leader_changes: AtomicU64,
+    pub pending_proposals: AtomicU64,
+    pub pending_reads: AtomicU64,
+    pub proposals: AtomicU64,
+    pub peers: BTreeMap<NodeId, PeerMetrics>,
+    // state machine
+    pub applied_index: AtomicU64,
+    pub keys: AtomicU64,
+    // storage
+    pub fsync_seconds: Histogram,
+    pub batch_entries: Histogram,
+    pub wal_bytes: AtomicU64,
+    // http
+    http: Mutex<BTreeMap<(&'static str, &'static str, u16), Histogram>>,
+}
+
+fn role_code(r: Role) -> u64 {
+    match r {
+        Role::Follower => 0,
+        Role::PreCandidate => 1,
+        Role::Candidate => 2,
+        Role::Leader => 3,
+    }
+}
+
+impl Metrics {
+    pub fn new(node_id: NodeId, peers: impl IntoIterator<Item = NodeId>) -> Self {
+        Metrics {
+            node_id,
+            term: AtomicU64::new(0),
+            role: AtomicU64::new(0),
+            leader_id: AtomicU64::new(0),
+            commit_index: AtomicU64::new(0),
+            last_log_index: AtomicU64::new(0),
+            stable_index: AtomicU64::new(0),
+            elections_started: AtomicU64::new(0),
+            elections_won: AtomicU64::new(0),
+            leader_changes: AtomicU64::new(0),
+            pending_proposals: AtomicU64::new(0),
+            pending_reads: AtomicU64::new(0),
+            proposals: AtomicU64::new(0),
+            peers: peers.into_iter().map(|p| (p, PeerMetrics::default())).collect(),
+            applied_index: AtomicU64::new(0),
+            keys: AtomicU64::new(0),
+            fsync_seconds: Histogram::new(SECONDS),
+            batch_entries: Histogram::new(BATCH),
+            wal_bytes: AtomicU64::new(0),
+            http: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    pub fn set_role(&self, r: Role) {
+        self.role.store(role_code(r), Relaxed);
+    }
+
+    pub fn peer(&self, id: NodeId) -> Option<&PeerMetrics> {
+        self.peers.get(&id)
+    }
+
+    pub fn observe_http(&self, route: &'static str, method: &'static str, status: u16, seconds: f64) {
+        let mut map = self.http.lock().expect("metrics lock");
+        map.entry((route, method, status)).or_insert_with(|| Histogram::new(SECONDS)).observe(seconds);
+    }
+
+    /// The whole registry in the Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut o = String::with_capacity(8192);
+        let g = |o: &mut String, name: &str, help: &str, v: u64| {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        };
+        let c = |o: &mut String, name: &str, help: &str, v: u64| {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+        };
+        g(&mut o, "raftkv_node_id", "This node's id.", self.node_id);
+        g(&mut o, "raftkv_term", "Current Raft term.", self.term.load(Relaxed));
+        let role = self.role.load(Relaxed);
+        let _ = writeln!(o, "# HELP raftkv_role Raft role of this node (1 for the current role).\n# TYPE raftkv_role gauge");
+        for (code, name) in [(0, "follower"), (1, "pre_candidate"), (2, "candidate"), (3, "leader")] {
+            let _ = writeln!(o, "raftkv_role{{role=\"{name}\"}} {}", (role == code) as u64);
+        }
+        g(&mut o, "raftkv_leader_id", "Id of the leader this node knows (0 if none).", self.leader_id.load(Relaxed));
+        g(&mut o, "raftkv_commit_index", "Highest log index known committed.", self.commit_index.load(Relaxed));
+        g(&mut o, "raftkv_applied_index", "Highest log index applied to the key-value store.", self.applied_index.load(Relaxed));
+        g(&mut o, "raftkv_last_log_index", "Index of the last entry in the log.", self.last_log_index.load(Relaxed));
+        g(&mut o, "raftkv_stable_index", "Highest log index durable on this node's disk.", self.stable_index.load(Relaxed));
+        g(&mut o, "raftkv_keys", "Number of keys in the store.", self.keys.load(Relaxed));
+        c(&mut o, "raftkv_elections_started_total", "Elections this node started as candidate.", self.elections_started.load(Relaxed));
+        c(&mut o, "raftkv_elections_won_total", "Elections this node won.", self.elections_won.load(Relaxed));
+        c(&mut o, "raftkv_leader_changes_total", "Times the leader known to this node changed.", self.leader_changes.load(Relaxed));
+        c(&mut o, "raftkv_proposals_total", "Client writes proposed by this node as leader.", self.proposals.load(Relaxed));
+        g(&mut o, "raftkv_pending_proposals", "Proposals waiting to be applied.", self.pending_proposals.load(Relaxed));
+        g(&mut o, "raftkv_pending_reads", "Linearizable reads waiting for leadership confirmation.", self.pending_reads.load(Relaxed));
+        c(&mut o, "raftkv_wal_bytes_total", "Bytes appended to the write-ahead log.", self.wal_bytes.load(Relaxed));
+
+        type Field = fn(&PeerMetrics) -> &AtomicU64;
+        let per_peer: [(&str, &str, &str, Field); 8] = [
+            ("raftkv_append_entries_sent_total", "counter", "AppendEntries requests sent to the peer.", |p| &p.append_entries_sent),
+            ("raftkv_append_entries_failed_total", "counter", "AppendEntries requests to the peer that failed in transport.", |p| &p.append_entries_failed),
+            ("raftkv_heartbeats_sent_total", "counter", "Heartbeats sent to the peer.", |p| &p.heartbeats_sent),
+            ("raftkv_heartbeats_failed_total", "counter", "Heartbeats to the peer that failed in transport.", |p| &p.heartbeats_failed),
+            ("raftkv_vote_requests_sent_total", "counter", "RequestVote and pre-vote requests sent to the peer.", |p| &p.votes_sent),
+            ("raftkv_vote_requests_failed_total", "counter", "Vote requests to the peer that failed in transport.", |p| &p.votes_failed),
+            ("raftkv_peer_match_index", "gauge", "Leader only: highest index known replicated on the peer.", |p| &p.match_index),
+            ("raftkv_replication_lag_entries", "gauge", "Leader only: entries the peer is behind the leader's log.", |p| &p.replication_lag),
+        ];
+        for (name, kind, help, field) in per_peer {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (peer, m) in &self.peers {
+                let _ = writeln!(o, "{name}{{peer=\"{peer}\"}} {}", field(m).load(Relaxed));
+            }
+        }
+
+        let _ = writeln!(o, "# HELP raftkv_fsync_duration_seconds Time to write and fsync one group commit.\n# TYPE raftkv_fsync_duration_seconds histogram");
+        self.fsync_seconds.render(&mut o, "raftkv_fsync_duration_seconds", "");
+        let _ = writeln!(o, "# HELP raftkv_group_commit_entries Log entries made durable by one fsync.\n# TYPE raftkv_group_commit_entries histogram");
+        self.batch_entries.render(&mut o, "raftkv_group_commit_entries", "");
+        let _ = writeln!(o, "# HELP raftkv_http_request_duration_seconds HTTP requests served, by route, method and status.\n# TYPE raftkv_http_request_duration_seconds histogram");
+        for ((route, method, status), h) in self.http.lock().expect("metrics lock").iter() {
+            let labels = format!("route=\"{route}\",method=\"{method}\",status=\"{status}\"");
+            h.render(&mut o, "raftkv_http_request_duration_seconds", &labels);
+        }
+        o
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative() {
+        let h = Histogram::new(&[1.0, 2.0]);
+        h.observe(0.5);
+        h.observe(1.5);
+        h.observe(9.0);
+        let mut s = String::new();
+        h.render(&mut s, "x", "a=\"b\"");
+        assert!(s.contains("x_bucket{a=\"b\",le=\"1\"} 1"), "{s}");
+        assert!(s.contains("x_bucket{a=\"b\",le=\"2\"} 2"), "{s}");
+        assert!(s.contains("x_bucket{a=\"b\",le=\"+Inf\"} 3"), "{s}");
+        assert!(s.contains("x_sum{a=\"b\"} 11"), "{s}");
+    }
+
+    #[test]
+    fn render_names_every_family_once() {
+        let m = Metrics::new(1, [2, 3]);
+        m.set_role(Role::Leader);
+        m.observe_http("/kv/{key}", "PUT", 200, 0.001);
+        let text = m.render();
+        assert!(text.contains("raftkv_role{role=\"leader\"} 1"));
+        assert!(text.contains("raftkv_append_entries_sent_total{peer=\"3\"} 0"));
+        let types = text.lines().filter(|l| l.starts_with("# TYPE raftkv_http_request_duration_seconds")).count();
+        assert_eq!(types, 1);
+    }
+}

@@ -1,0 +1,872 @@
+//! Deterministic simulation of whole Raft clusters (DESIGN §5).
+//!
+//! Each seed builds a 3- or 5-node cluster of the pure consensus core on a
+//! simulated clock, disk and network. During a fault phase the network
+//! drops, delays, duplicates and reorders messages, partitions nodes (a
+//! leader isolated in a minority, random halves, one-way links, a bridge
+//! node) and nodes crash — losing whatever storage had not made durable —
+//! and restart from their disk alone, while clients keep writing and
+//! reading. After every event the checker asserts Election Safety, Leader
+//! Append-Only, Log Matching, Leader Completeness and State Machine Safety;
+//! every acknowledged write must be durable on a majority, and every read
+//! must reflect all writes acknowledged before it began. Then faults stop
+//! and a leader must emerge and commit a new write within bounded time.
+//!
+//! `SIM_SEEDS=N` runs more seeds; a failing seed prints the command that
+//! replays it alone (`SIM_SEED=… cargo test --release --test simulation replay`).
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
+use std::hash::{DefaultHasher, Hash, Hasher};
+
+use bytes::Bytes;
+use raftkv::raft::{Config, Entry, EntryData, HardState, Index, Message, NodeId, PersistOp, Raft, Ready, Role, Term};
+
+const TICK_MS: u64 = 10;
+const ELECTION_TICKS: u64 = 10;
+const HEARTBEAT_TICKS: u64 = 2;
+const FAULT_PHASE_MS: u64 = 3_000;
+/// After faults stop, a leader must commit a new write within this long.
+const LIVENESS_BOUND_MS: u64 = 4_000;
+const KEYS: u64 = 3;
+
+// ---------------------------------------------------------------------------
+// Seeded randomness
+// ---------------------------------------------------------------------------
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+    fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.below(hi - lo + 1)
+    }
+    fn chance(&mut self, p: f64) -> bool {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64 <= p
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The simulated world
+// ---------------------------------------------------------------------------
+
+#[derive(Debug)]
+enum Event {
+    Tick(NodeId),
+    Deliver(Message),
+    PersistDone { node: NodeId, incarnation: u64 },
+    RpcFailed { node: NodeId, peer: NodeId },
+    Client,
+    Nemesis,
+    EndFaults,
+}
+
+/// What a node's disk holds: only what storage acknowledged, plus whatever
+/// prefix of unacknowledged writes happened to reach it before a crash.
+#[derive(Default, Clone)]
+struct Disk {
+    hard_state: HardState,
+    entries: Vec<Entry>,
+}
+
+impl Disk {
+    fn apply(&mut self, op: &PersistOp) {
+        if let Some(hs) = op.hard_state {
+            self.hard_state = hs;
+        }
+        if let Some(t) = op.truncate_from {
+            self.entries.truncate((t - 1) as usize);
+        }
+        for e in &op.entries {
+            assert_eq!(e.index, self.entries.len() as Index + 1, "persist op must append contiguously");
+            self.entries.push(e.clone());
+        }
+    }
+}
+
+struct Node {
+    id: NodeId,
+    raft: Option<Raft>,
+    incarnation: u64,
+    disk: Disk,
+    /// Storage writes in progress, in order, with their completion times.
+    storage_queue: VecDeque<(u64, PersistOp)>,
+    /// The node's volatile log as the persist ops describe it, with the
+    /// prefix hash of each entry (for Log Matching).
+    mirror: Vec<(Term, u64)>,
+    /// The state machine: key -> value, and how far it has applied.
+    kv: BTreeMap<String, String>,
+    applied: Index,
+    /// Role and term at the previous `ready()`.
+    last_role: (Role, Term),
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Write { key: String, value: String },
+    Read { key: String, lease: bool },
+}
+
+#[derive(Clone, Debug)]
+struct Pending {
+    op: Op,
+    node: NodeId,
+    incarnation: u64,
+    invoked: u64,
+    /// Highest index of any write acknowledged before this op was invoked.
+    acked_floor: Index,
+}
+
+struct Params {
+    nodes: u64,
+    drop: f64,
+    duplicate: f64,
+    max_delay: u64,
+    max_storage_delay: u64,
+    max_inflight: usize,
+}
+
+struct Sim {
+    seed: u64,
+    rng: Rng,
+    now: u64,
+    seq: u64,
+    events: BinaryHeap<Reverse<(u64, u64, usize)>>,
+    payloads: HashMap<usize, Event>,
+    next_payload: usize,
+    nodes: BTreeMap<NodeId, Node>,
+    params: Params,
+    faults: bool,
+    /// Blocked directed links.
+    blocked: BTreeSet<(NodeId, NodeId)>,
+
+    // --- the checker's knowledge ---
+    /// Term -> the node that was leader in it.
+    leaders: BTreeMap<Term, NodeId>,
+    /// The committed log, as the first node to commit each index saw it.
+    committed: Vec<(Term, u64)>,
+    /// (index, term) -> prefix hash, across every node that ever held it.
+    prefix_of: HashMap<(Index, Term), u64>,
+    /// Per key, the committed writes: (index, value).
+    history: BTreeMap<String, Vec<(Index, String)>>,
+    pending: BTreeMap<u64, Pending>,
+    next_request: u64,
+    max_acked_index: Index,
+    /// When faults stopped, and the index of the first write acknowledged
+    /// after that (the liveness phase waits for every node to apply it).
+    liveness_started: Option<u64>,
+    liveness_index: Option<Index>,
+    stats: Stats,
+}
+
+#[derive(Default, Debug)]
+struct Stats {
+    acked_writes: u64,
+    reads_served: u64,
+    crashes: u64,
+    partitions: u64,
+    elections: u64,
+    messages: u64,
+}
+
+fn entry_hash(e: &Entry) -> u64 {
+    let mut h = DefaultHasher::new();
+    e.term.hash(&mut h);
+    match &e.data {
+        EntryData::Noop => 0u8.hash(&mut h),
+        EntryData::Command(b) => b.hash(&mut h),
+    }
+    h.finish()
+}
+
+fn chain(prev: u64, e: &Entry) -> u64 {
+    let mut h = DefaultHasher::new();
+    (prev, e.index, entry_hash(e)).hash(&mut h);
+    h.finish()
+}
+
+impl Sim {
+    fn new(seed: u64, nodes: u64) -> Sim {
+        let mut rng = Rng(seed);
+        let params = Params {
+            nodes,
+            drop: [0.0, 0.02, 0.1, 0.25][rng.below(4) as usize],
+            duplicate: [0.0, 0.02, 0.1][rng.below(3) as usize],
+            max_delay: [2, 10, 40][rng.below(3) as usize],
+            max_storage_delay: [0, 2, 8][rng.below(3) as usize],
+            max_inflight: rng.range(1, 4) as usize,
+        };
+        let mut sim = Sim {
+            seed,
+            rng,
+            now: 0,
+            seq: 0,
+            events: BinaryHeap::new(),
+            payloads: HashMap::new(),
+            next_payload: 0,
+            nodes: BTreeMap::new(),
+            params,
+            faults: true,
+            blocked: BTreeSet::new(),
+            leaders: BTreeMap::new(),
+            committed: Vec::new(),
+            prefix_of: HashMap::new(),
+            history: BTreeMap::new(),
+            pending: BTreeMap::new(),
+            next_request: 1,
+            max_acked_index: 0,
+            liveness_started: None,
+            liveness_index: None,
+            stats: Stats::default(),
+        };
+        for id in 1..=nodes {
+            let node = Node {
+                id,
+                raft: None,
+                incarnation: 0,
+                disk: Disk::default(),
+                storage_queue: VecDeque::new(),
+                mirror: Vec::new(),
+                kv: BTreeMap::new(),
+                applied: 0,
+                last_role: (Role::Follower, 0),
+            };
+            sim.nodes.insert(id, node);
+            sim.start(id);
+            let phase = sim.rng.below(TICK_MS);
+            sim.schedule(phase, Event::Tick(id));
+        }
+        sim.schedule(1, Event::Client);
+        sim.schedule(50, Event::Nemesis);
+        sim.schedule(FAULT_PHASE_MS, Event::EndFaults);
+        sim
+    }
+
+    fn config(&mut self, id: NodeId) -> Config {
+        Config {
+            id,
+            voters: (1..=self.params.nodes).collect(),
+            election_ticks: ELECTION_TICKS,
+            heartbeat_ticks: HEARTBEAT_TICKS,
+            max_inflight: self.params.max_inflight,
+            max_append_bytes: 64,
+            pre_vote: true,
+            check_quorum: true,
+            seed: self.rng.next(),
+        }
+    }
+
+    fn schedule(&mut self, after: u64, ev: Event) {
+        self.seq += 1;
+        let key = self.next_payload;
+        self.next_payload += 1;
+        self.payloads.insert(key, ev);
+        self.events.push(Reverse((self.now + after, self.seq, key)));
+    }
+
+    fn fail(&self, why: String) -> ! {
+        panic!(
+            "seed {} ({} nodes) failed at t={}ms: {}\nreplay: SIM_SEED={} SIM_NODES={} cargo test --release --test simulation replay -- --nocapture",
+            self.seed, self.params.nodes, self.now, why, self.seed, self.params.nodes
+        );
+    }
+
+    // --- node lifecycle -----------------------------------------------------
+
+    fn start(&mut self, id: NodeId) {
+        let cfg = self.config(id);
+        let node = self.nodes.get_mut(&id).unwrap();
+        let disk = node.disk.clone();
+        node.raft = Some(Raft::new(cfg, disk.hard_state, disk.entries.clone()));
+        node.incarnation += 1;
+        node.kv.clear();
+        node.applied = 0;
+        node.last_role = (Role::Follower, disk.hard_state.current_term);
+        node.mirror.clear();
+        let mut prev = 0;
+        for e in &disk.entries {
+            prev = chain(prev, e);
+            node.mirror.push((e.term, prev));
+        }
+    }
+
+    fn crash(&mut self, id: NodeId) {
+        let keep = {
+            let node = &self.nodes[&id];
+            self.rng.below(node.storage_queue.len() as u64 + 1) as usize
+        };
+        let node = self.nodes.get_mut(&id).unwrap();
+        if node.raft.is_none() {
+            return;
+        }
+        // A crash keeps a random prefix of the writes storage had not
+        // acknowledged yet; the rest never reached the disk.
+        for (_, op) in node.storage_queue.drain(..).take(keep) {
+            node.disk.apply(&op);
+        }
+        node.storage_queue.clear();
+        node.raft = None;
+        self.stats.crashes += 1;
+    }
+
+    fn up(&self, id: NodeId) -> bool {
+        self.nodes[&id].raft.is_some()
+    }
+
+    fn raft(&mut self, id: NodeId) -> &mut Raft {
+        self.nodes.get_mut(&id).unwrap().raft.as_mut().unwrap()
+    }
+
+    fn leader(&self) -> Option<NodeId> {
+        self.nodes
+            .values()
+            .filter_map(|n| n.raft.as_ref())
+            .filter(|r| r.role() == Role::Leader)
+            .max_by_key(|r| r.current_term())
+            .map(|r| r.id())
+    }
+
+    // --- running ------------------------------------------------------------
+
+    fn run(&mut self) {
+        let deadline = FAULT_PHASE_MS + LIVENESS_BOUND_MS;
+        while let Some(Reverse((t, _, key))) = self.events.pop() {
+            self.now = t;
+            let ev = self.payloads.remove(&key).unwrap();
+            self.handle(ev);
+            if let Some(idx) = self.liveness_index
+                && self.nodes.values().all(|n| n.raft.is_some() && n.applied >= idx)
+            {
+                return;
+            }
+            if self.now > deadline {
+                let state: Vec<String> = self
+                    .nodes
+                    .values()
+                    .map(|n| match &n.raft {
+                        Some(r) => format!(
+                            "{}:{}@{} commit {} applied {} last {}",
+                            n.id,
+                            r.role(),
+                            r.current_term(),
+                            r.commit_index(),
+                            n.applied,
+                            r.last_index()
+                        ),
+                        None => format!("{}:down", n.id),
+                    })
+                    .collect();
+                let what = match self.liveness_index {
+                    None => "no write committed",
+                    Some(_) => "not every node caught up",
+                };
+                self.fail(format!(
+                    "liveness: {what} within {LIVENESS_BOUND_MS}ms after faults stopped; nodes: {state:?}"
+                ));
+            }
+        }
+    }
+
+    fn handle(&mut self, ev: Event) {
+        match ev {
+            Event::Tick(id) => {
+                if self.up(id) {
+                    self.raft(id).tick();
+                    self.after_input(id);
+                }
+                self.schedule(TICK_MS, Event::Tick(id));
+            }
+            Event::Deliver(m) => {
+                let to = m.to;
+                if !self.up(to) {
+                    if m.body.is_request() {
+                        self.rpc_failed(m.from, to);
+                    }
+                    return;
+                }
+                self.raft(to).step(m);
+                self.after_input(to);
+            }
+            Event::PersistDone { node, incarnation } => {
+                let n = self.nodes.get_mut(&node).unwrap();
+                if n.incarnation != incarnation || n.raft.is_none() {
+                    return;
+                }
+                let (_, op) = n.storage_queue.pop_front().expect("a write in progress");
+                n.disk.apply(&op);
+                self.raft(node).on_persisted(op.seq);
+                self.after_input(node);
+            }
+            Event::RpcFailed { node, peer } => {
+                if self.up(node) {
+                    self.raft(node).report_unreachable(peer);
+                    self.after_input(node);
+                }
+            }
+            Event::Client => {
+                self.client_op();
+                let gap = self.rng.range(1, 8);
+                self.schedule(gap, Event::Client);
+            }
+            Event::Nemesis => {
+                if self.faults {
+                    self.nemesis();
+                    let gap = self.rng.range(30, 300);
+                    self.schedule(gap, Event::Nemesis);
+                }
+            }
+            Event::EndFaults => self.end_faults(),
+        }
+    }
+
+    fn rpc_failed(&mut self, node: NodeId, peer: NodeId) {
+        let after = self.rng.range(5, 50);
+        self.schedule(after, Event::RpcFailed { node, peer });
+    }
+
+    fn send(&mut self, m: Message) {
+        self.stats.messages += 1;
+        let blocked = self.blocked.contains(&(m.from, m.to));
+        let dropped = blocked || (self.faults && self.rng.chance(self.params.drop));
+        if dropped {
+            // Whoever made the request learns of the failure (a transport
+            // timeout or a refused connection).
+            if m.body.is_request() {
+                self.rpc_failed(m.from, m.to);
+            } else {
+                self.rpc_failed(m.to, m.from);
+            }
+            return;
+        }
+        let copies = if self.faults && self.rng.chance(self.params.duplicate) { 2 } else { 1 };
+        for _ in 0..copies {
+            let delay = if self.faults { self.rng.range(0, self.params.max_delay) } else { self.rng.range(0, 2) };
+            self.schedule(delay, Event::Deliver(m.clone()));
+        }
+    }
+
+    /// Drains the node's `ready()` and carries it out, checking invariants.
+    fn after_input(&mut self, id: NodeId) {
+        loop {
+            let rd = self.raft(id).ready();
+            if rd.is_empty() {
+                self.check_roles(id);
+                return;
+            }
+            self.carry_out(id, rd);
+        }
+    }
+
+    fn carry_out(&mut self, id: NodeId, rd: Ready) {
+        let (role, term) = {
+            let r = self.nodes[&id].raft.as_ref().unwrap();
+            (r.role(), r.current_term())
+        };
+        if let Some(op) = rd.persist {
+            // Leader Append-Only: a leader never overwrites or deletes
+            // entries in its log; it only appends.
+            let n = &self.nodes[&id];
+            if n.last_role == (Role::Leader, term) && role == Role::Leader && op.truncate_from.is_some() {
+                self.fail(format!("leader append-only: leader {id} of term {term} truncated its log"));
+            }
+            self.mirror(id, &op);
+            let delay = self.rng.range(0, self.params.max_storage_delay);
+            let n = self.nodes.get_mut(&id).unwrap();
+            // Storage completes in order.
+            let at = n.storage_queue.back().map_or(0, |(t, _)| *t).max(self.now + delay);
+            let incarnation = n.incarnation;
+            n.storage_queue.push_back((at, op));
+            let after = at - self.now;
+            self.schedule(after, Event::PersistDone { node: id, incarnation });
+        }
+        for m in rd.messages {
+            self.send(m);
+        }
+        for e in &rd.committed {
+            self.apply(id, e);
+        }
+        for (idx, req) in rd.proposals {
+            self.ack_write(id, idx, req);
+        }
+        for (req, idx) in rd.reads {
+            self.serve_read(id, req, idx);
+        }
+        for req in rd.failed_reads.into_iter().chain(rd.dropped_proposals) {
+            self.pending.remove(&req);
+        }
+    }
+
+    /// Keeps the mirror of the node's log and checks Log Matching: two
+    /// entries with the same index and term have identical prefixes.
+    fn mirror(&mut self, id: NodeId, op: &PersistOp) {
+        let node = self.nodes.get_mut(&id).unwrap();
+        if let Some(t) = op.truncate_from {
+            node.mirror.truncate((t - 1) as usize);
+        }
+        for e in &op.entries {
+            if e.index != node.mirror.len() as Index + 1 {
+                let msg = format!("node {id} persist op appends {} after {}", e.index, node.mirror.len());
+                self.fail(msg);
+            }
+            let prev = node.mirror.last().map_or(0, |m| m.1);
+            let h = chain(prev, e);
+            node.mirror.push((e.term, h));
+            match self.prefix_of.get(&(e.index, e.term)) {
+                Some(&known) if known != h => {
+                    let msg = format!(
+                        "log matching: node {id} holds entry {}@{} with a different log before it",
+                        e.index, e.term
+                    );
+                    self.fail(msg);
+                }
+                Some(_) => {}
+                None => {
+                    self.prefix_of.insert((e.index, e.term), h);
+                }
+            }
+        }
+        let r = self.nodes[&id].raft.as_ref().unwrap();
+        let (len, last_term) = (r.last_index(), r.log().last_term());
+        let node = &self.nodes[&id];
+        if node.mirror.len() as Index != len || node.mirror.last().map_or(0, |m| m.0) != last_term {
+            self.fail(format!("node {id}: persist ops do not describe the log"));
+        }
+    }
+
+    /// State Machine Safety: every node applies the same entry at each index.
+    fn apply(&mut self, id: NodeId, e: &Entry) {
+        let node = self.nodes.get_mut(&id).unwrap();
+        if e.index != node.applied + 1 {
+            let msg = format!("node {id} applies {} after {}", e.index, node.applied);
+            self.fail(msg);
+        }
+        node.applied = e.index;
+        let h = node.mirror.get(e.index as usize - 1).map(|m| m.1);
+        let Some(h) = h else { self.fail(format!("node {id} applies {} beyond its log", e.index)) };
+        let i = e.index as usize;
+        if i <= self.committed.len() {
+            if self.committed[i - 1] != (e.term, h) {
+                self.fail(format!(
+                    "state machine safety: node {id} applies {}@{} but {}@{} was committed there",
+                    e.index,
+                    e.term,
+                    e.index,
+                    self.committed[i - 1].0
+                ));
+            }
+        } else {
+            self.committed.push((e.term, h));
+            if let EntryData::Command(b) = &e.data {
+                let s = std::str::from_utf8(b).unwrap();
+                let (k, v) = s.split_once('=').unwrap();
+                self.history.entry(k.to_string()).or_default().push((e.index, v.to_string()));
+            }
+        }
+        if let EntryData::Command(b) = &e.data {
+            let s = std::str::from_utf8(b).unwrap();
+            let (k, v) = s.split_once('=').unwrap();
+            node.kv.insert(k.to_string(), v.to_string());
+        }
+    }
+
+    /// After each step: Election Safety and Leader Completeness.
+    fn check_roles(&mut self, id: NodeId) {
+        let (role, term) = {
+            let r = self.nodes[&id].raft.as_ref().unwrap();
+            (r.role(), r.current_term())
+        };
+        let prev = self.nodes[&id].last_role;
+        if role == Role::Leader && prev != (Role::Leader, term) {
+            // Election Safety: at most one leader per term.
+            if let Some(&other) = self.leaders.get(&term)
+                && other != id
+            {
+                self.fail(format!("election safety: nodes {other} and {id} both leaders of term {term}"));
+            }
+            self.leaders.insert(term, id);
+            self.stats.elections += 1;
+            // Leader Completeness: a leader holds every committed entry.
+            let node = &self.nodes[&id];
+            for (k, c) in self.committed.iter().enumerate() {
+                if node.mirror.get(k).map(|m| (m.0, m.1)) != Some(*c) {
+                    self.fail(format!(
+                        "leader completeness: leader {id} of term {term} lacks committed entry {}@{}",
+                        k + 1,
+                        c.0
+                    ));
+                }
+            }
+        }
+        self.nodes.get_mut(&id).unwrap().last_role = (role, term);
+    }
+
+    // --- clients ------------------------------------------------------------
+
+    fn client_op(&mut self) {
+        let ids: Vec<NodeId> = self.nodes.keys().copied().filter(|&id| self.up(id)).collect();
+        if ids.is_empty() {
+            return;
+        }
+        // Clients mostly find the leader, sometimes ask a random node.
+        let target = match self.leader() {
+            Some(l) if !self.rng.chance(0.2) => l,
+            _ => ids[self.rng.below(ids.len() as u64) as usize],
+        };
+        let key = format!("k{}", self.rng.below(KEYS));
+        let req = self.next_request;
+        self.next_request += 1;
+        let op = if self.rng.chance(0.6) {
+            Op::Write { key, value: format!("v{req}") }
+        } else {
+            Op::Read { key, lease: self.rng.chance(0.25) }
+        };
+        self.submit(target, req, op);
+    }
+
+    fn submit(&mut self, target: NodeId, req: u64, op: Op) -> bool {
+        let incarnation = self.nodes[&target].incarnation;
+        let pending = Pending { op: op.clone(), node: target, incarnation, invoked: self.now, acked_floor: self.max_acked_index };
+        let r = self.raft(target);
+        let accepted = match &op {
+            Op::Write { key, value } => r.propose(req, Bytes::from(format!("{key}={value}"))).is_ok(),
+            Op::Read { lease: false, .. } => r.read_index(req).is_ok(),
+            Op::Read { lease: true, .. } => r.read_lease(req).is_ok(),
+        };
+        if accepted {
+            self.pending.insert(req, pending);
+            self.after_input(target);
+        }
+        accepted
+    }
+
+    fn ack_write(&mut self, id: NodeId, index: Index, req: u64) {
+        let Some(p) = self.pending.remove(&req) else { return };
+        if p.node != id || p.incarnation != self.nodes[&id].incarnation {
+            return;
+        }
+        // Acknowledged only once durable on a majority.
+        let term = self.committed[index as usize - 1].0;
+        let holders = self
+            .nodes
+            .values()
+            .filter(|n| n.disk.entries.get(index as usize - 1).is_some_and(|e| e.term == term))
+            .count() as u64;
+        if holders < self.params.nodes / 2 + 1 {
+            self.fail(format!("write {req} at {index} acknowledged while durable on only {holders} nodes"));
+        }
+        self.max_acked_index = self.max_acked_index.max(index);
+        self.stats.acked_writes += 1;
+        if self.liveness_index.is_none() && self.liveness_started.is_some_and(|t| p.invoked >= t) {
+            self.liveness_index = Some(index);
+        }
+    }
+
+    /// A read released at `index` is served from the node's state machine;
+    /// it must reflect every write acknowledged before the read began.
+    fn serve_read(&mut self, id: NodeId, req: u64, index: Index) {
+        let Some(p) = self.pending.remove(&req) else { return };
+        let Op::Read { key, lease } = p.op else { self.fail(format!("request {req} is not a read")) };
+        let node = &self.nodes[&id];
+        if node.applied < index {
+            self.fail(format!("read {req} released at {index} before apply reached it ({})", node.applied));
+        }
+        if index < p.acked_floor {
+            self.fail(format!(
+                "stale read: {} read of {key} invoked at t={} on node {id} has read index {index}, \
+                 but a write at {} was acknowledged before it began",
+                if lease { "lease" } else { "linearizable" },
+                p.invoked,
+                p.acked_floor
+            ));
+        }
+        let got = node.kv.get(&key).cloned();
+        let want = self
+            .history
+            .get(&key)
+            .and_then(|h| h.iter().rev().find(|(i, _)| *i <= node.applied).map(|(_, v)| v.clone()));
+        if got != want {
+            self.fail(format!("read {req} of {key} at applied {} saw {got:?}, committed log says {want:?}", node.applied));
+        }
+        self.stats.reads_served += 1;
+    }
+
+    // --- faults -------------------------------------------------------------
+
+    fn nemesis(&mut self) {
+        let n = self.params.nodes;
+        let ids: Vec<NodeId> = (1..=n).collect();
+        match self.rng.below(9) {
+            0 | 1 => {
+                // Crash a node: the leader half of the time.
+                let victim = match self.leader() {
+                    Some(l) if self.rng.chance(0.5) => l,
+                    _ => ids[self.rng.below(n) as usize],
+                };
+                self.crash(victim);
+            }
+            2 | 3 => {
+                // Restart a crashed node.
+                let down: Vec<NodeId> = ids.iter().copied().filter(|&id| !self.up(id)).collect();
+                if !down.is_empty() {
+                    let id = down[self.rng.below(down.len() as u64) as usize];
+                    self.start(id);
+                }
+            }
+            4 => {
+                // Isolate the leader into a minority.
+                if let Some(l) = self.leader() {
+                    self.blocked.clear();
+                    self.isolate(l);
+                    self.stats.partitions += 1;
+                }
+            }
+            5 => {
+                // Random halves.
+                self.blocked.clear();
+                let side: Vec<bool> = ids.iter().map(|_| self.rng.chance(0.5)).collect();
+                for (a, &sa) in ids.iter().zip(&side) {
+                    for (b, &sb) in ids.iter().zip(&side) {
+                        if sa != sb {
+                            self.blocked.insert((*a, *b));
+                        }
+                    }
+                }
+                self.stats.partitions += 1;
+            }
+            6 => {
+                // One-way link failures.
+                for _ in 0..self.rng.range(1, 3) {
+                    let a = ids[self.rng.below(n) as usize];
+                    let b = ids[self.rng.below(n) as usize];
+                    if a != b {
+                        self.blocked.insert((a, b));
+                    }
+                }
+                self.stats.partitions += 1;
+            }
+            7 => {
+                // A bridge: two sides that only one node can talk to both of.
+                self.blocked.clear();
+                let bridge = ids[self.rng.below(n) as usize];
+                let others: Vec<NodeId> = ids.iter().copied().filter(|&i| i != bridge).collect();
+                let (left, right) = others.split_at(others.len() / 2);
+                for a in left {
+                    for b in right {
+                        self.blocked.insert((*a, *b));
+                        self.blocked.insert((*b, *a));
+                    }
+                }
+                self.stats.partitions += 1;
+            }
+            _ => self.blocked.clear(),
+        }
+    }
+
+    fn isolate(&mut self, id: NodeId) {
+        for other in 1..=self.params.nodes {
+            if other != id {
+                self.blocked.insert((id, other));
+                self.blocked.insert((other, id));
+            }
+        }
+    }
+
+    fn end_faults(&mut self) {
+        self.faults = false;
+        self.blocked.clear();
+        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        for id in ids {
+            if !self.up(id) {
+                self.start(id);
+            }
+        }
+        self.liveness_started = Some(self.now);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The tests
+// ---------------------------------------------------------------------------
+
+fn seeds_total() -> u64 {
+    std::env::var("SIM_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(1000)
+}
+
+fn run_seed(seed: u64, nodes: u64) -> Stats {
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let mut sim = Sim::new(seed, nodes);
+        sim.run();
+        sim.stats
+    }));
+    match result {
+        Ok(stats) => stats,
+        Err(e) => {
+            eprintln!(
+                "seed {seed} ({nodes} nodes) panicked; replay: SIM_SEED={seed} SIM_NODES={nodes} \
+                 cargo test --release --test simulation replay -- --nocapture"
+            );
+            std::panic::resume_unwind(e)
+        }
+    }
+}
+
+/// Runs this test's share of the seeds: `part` of `parts` for `nodes`-node clusters.
+fn run_share(nodes: u64, part: u64, parts: u64) {
+    let per_size = seeds_total().div_ceil(2);
+    let mut total = Stats::default();
+    let mut seeds = 0;
+    for seed in (0..per_size).filter(|s| s % parts == part) {
+        let s = run_seed(seed, nodes);
+        seeds += 1;
+        total.acked_writes += s.acked_writes;
+        total.reads_served += s.reads_served;
+        total.crashes += s.crashes;
+        total.partitions += s.partitions;
+        total.elections += s.elections;
+        total.messages += s.messages;
+    }
+    eprintln!("{nodes} nodes, {seeds} seeds: {total:?}");
+    assert!(total.acked_writes > seeds * 20, "clients made too little progress: {total:?}");
+    assert!(total.reads_served > seeds * 5, "too few reads served: {total:?}");
+    assert!(total.crashes > seeds, "the nemesis crashed too little: {total:?}");
+}
+
+#[test]
+fn simulate_3_nodes_a() {
+    run_share(3, 0, 2);
+}
+
+#[test]
+fn simulate_3_nodes_b() {
+    run_share(3, 1, 2);
+}
+
+#[test]
+fn simulate_5_nodes_a() {
+    run_share(5, 0, 2);
+}
+
+#[test]
+fn simulate_5_nodes_b() {
+    run_share(5, 1, 2);
+}
+
+/// `SIM_SEED=<n> SIM_NODES=<3|5>` replays one seed (with `RUST_LOG` to see
+/// the node logs); without `SIM_SEED` it does nothing.
+#[test]
+fn replay() {
+    let Some(seed) = std::env::var("SIM_SEED").ok().and_then(|s| s.parse().ok()) else { return };
+    let nodes = std::env::var("SIM_NODES").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
+    let _ = env_logger::builder().is_test(true).try_init();
+    let stats = run_seed(seed, nodes);
+    eprintln!("seed {seed} passed: {stats:?}");
+}
