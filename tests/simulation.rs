@@ -67,6 +67,7 @@ enum Event {
     RpcFailed { node: NodeId, peer: NodeId },
     Client,
     Nemesis,
+    Restart(NodeId),
     EndFaults,
 }
 
@@ -202,7 +203,7 @@ impl Sim {
             drop: [0.0, 0.02, 0.1, 0.25][rng.below(4) as usize],
             duplicate: [0.0, 0.02, 0.1][rng.below(3) as usize],
             max_delay: [2, 10, 40][rng.below(3) as usize],
-            max_storage_delay: [0, 2, 8][rng.below(3) as usize],
+            max_storage_delay: [0, 2, 8, 20][rng.below(4) as usize],
             max_inflight: rng.range(1, 4) as usize,
         };
         let mut sim = Sim {
@@ -246,7 +247,8 @@ impl Sim {
             sim.schedule(phase, Event::Tick(id));
         }
         sim.schedule(1, Event::Client);
-        sim.schedule(50, Event::Nemesis);
+        let first = sim.rng.range(0, 150);
+        sim.schedule(first, Event::Nemesis);
         sim.schedule(FAULT_PHASE_MS, Event::EndFaults);
         sim
     }
@@ -422,6 +424,11 @@ impl Sim {
                     self.nemesis();
                     let gap = self.rng.range(30, 300);
                     self.schedule(gap, Event::Nemesis);
+                }
+            }
+            Event::Restart(id) => {
+                if self.faults && !self.up(id) {
+                    self.start(id);
                 }
             }
             Event::EndFaults => self.end_faults(),
@@ -704,7 +711,15 @@ impl Sim {
     fn nemesis(&mut self) {
         let n = self.params.nodes;
         let ids: Vec<NodeId> = (1..=n).collect();
-        match self.rng.below(9) {
+        match self.rng.below(10) {
+            9 => {
+                // Crash a node and bring it straight back: whatever it had
+                // said but not yet made durable is forgotten.
+                let victim = ids[self.rng.below(n) as usize];
+                self.crash(victim);
+                let after = self.rng.range(0, 30);
+                self.schedule(after, Event::Restart(victim));
+            }
             0 | 1 => {
                 // Crash a node: the leader half of the time.
                 let victim = match self.leader() {

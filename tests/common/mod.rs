@@ -1,0 +1,303 @@
+//! Black-box harness: real `raftkv` processes on loopback, driven over HTTP.
+//!
+//! Each cluster gets its own 127.x.y.0/24 (node i listens on 127.x.y.i), so
+//! tests running in parallel never share an address and iptables rules
+//! between two nodes cut exactly that link. Processes are killed when the
+//! `Cluster` is dropped, and iptables rules when their `Partition` is.
+
+#![allow(dead_code)]
+
+use std::fs;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+pub use raftkv::client::{HttpClient, Response};
+use serde_json::{Value, json};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_raftkv");
+
+static CLUSTERS: AtomicU32 = AtomicU32::new(0);
+
+/// Polls `f` until it returns `Some`, or panics with `what` after `timeout`.
+pub fn eventually<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if start.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for: {what}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub struct Node {
+    pub id: u64,
+    pub addr: SocketAddr,
+    pub data_dir: PathBuf,
+    pub log_path: PathBuf,
+    pub child: Option<Child>,
+}
+
+pub struct Cluster {
+    pub dir: PathBuf,
+    pub nodes: Vec<Node>,
+    pub client: HttpClient,
+    pub args: Vec<String>,
+    /// The /24 this cluster lives in: 127.a.b.0
+    pub net: (u8, u8),
+}
+
+fn free_port(ip: IpAddr) -> u16 {
+    TcpListener::bind(SocketAddr::new(ip, 0)).expect("bind a free port").local_addr().unwrap().port()
+}
+
+impl Cluster {
+    /// Starts an `n`-node cluster with default settings plus `args`.
+    pub fn start_with(n: u64, args: &[&str]) -> Cluster {
+        let seq = CLUSTERS.fetch_add(1, Ordering::SeqCst);
+        let pid = std::process::id();
+        let net = (20 + (pid % 200) as u8, 1 + ((pid / 200 + seq) % 250) as u8);
+        let dir = std::env::temp_dir().join(format!("raftkv-test-{pid}-{seq}"));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let nodes = (1..=n)
+            .map(|id| {
+                let ip = IpAddr::V4(Ipv4Addr::new(127, net.0, net.1, id as u8));
+                Node {
+                    id,
+                    addr: SocketAddr::new(ip, free_port(ip)),
+                    data_dir: dir.join(format!("node{id}")),
+                    log_path: dir.join(format!("node{id}.log")),
+                    child: None,
+                }
+            })
+            .collect();
+        let mut c = Cluster {
+            dir,
+            nodes,
+            client: HttpClient::new(Duration::from_secs(10)),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            net,
+        };
+        for id in 1..=n {
+            c.spawn(id);
+        }
+        c
+    }
+
+    pub fn start(n: u64) -> Cluster {
+        Cluster::start_with(n, &[])
+    }
+
+    pub fn node(&self, id: u64) -> &Node {
+        &self.nodes[id as usize - 1]
+    }
+
+    pub fn addr(&self, id: u64) -> String {
+        self.node(id).addr.to_string()
+    }
+
+    pub fn ip(&self, id: u64) -> IpAddr {
+        self.node(id).addr.ip()
+    }
+
+    pub fn ids(&self) -> Vec<u64> {
+        self.nodes.iter().map(|n| n.id).collect()
+    }
+
+    pub fn live_ids(&self) -> Vec<u64> {
+        self.nodes.iter().filter(|n| n.child.is_some()).map(|n| n.id).collect()
+    }
+
+    /// The command line node `id` is started with.
+    pub fn command(&self, id: u64) -> Command {
+        let node = self.node(id);
+        let peers: Vec<String> =
+            self.nodes.iter().filter(|n| n.id != id).map(|n| format!("{}={}", n.id, n.addr)).collect();
+        let mut cmd = Command::new(BIN);
+        cmd.arg("--id")
+            .arg(id.to_string())
+            .arg("--listen")
+            .arg(node.addr.to_string())
+            .arg("--peers")
+            .arg(peers.join(","))
+            .arg("--data-dir")
+            .arg(&node.data_dir)
+            .args(&self.args)
+            .env_remove("RUST_LOG");
+        if !self.args.iter().any(|a| a == "--log") {
+            cmd.arg("--log").arg("info");
+        }
+        cmd
+    }
+
+    pub fn spawn(&mut self, id: u64) {
+        let log = fs::OpenOptions::new().create(true).append(true).open(&self.node(id).log_path).unwrap();
+        let child = self
+            .command(id)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start raftkv");
+        self.nodes[id as usize - 1].child = Some(child);
+        let addr = self.addr(id);
+        let client = HttpClient::new(Duration::from_millis(500));
+        eventually(Duration::from_secs(10), &format!("node {id} to answer /health"), || {
+            if let Some(status) = self.exit_status(id) {
+                panic!("node {id} exited at start with {status}; log:\n{}", self.log(id));
+            }
+            client.get(&addr, "/health").ok().filter(|r| r.status == 200)
+        });
+    }
+
+    /// The exit status of node `id` if it has exited.
+    pub fn exit_status(&mut self, id: u64) -> Option<std::process::ExitStatus> {
+        self.nodes[id as usize - 1].child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// `kill -9`.
+    pub fn kill(&mut self, id: u64) {
+        if let Some(mut c) = self.nodes[id as usize - 1].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn signal(&self, id: u64, sig: &str) {
+        let pid = self.node(id).child.as_ref().expect("node running").id();
+        let ok = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status().unwrap().success();
+        assert!(ok, "kill -{sig} {pid}");
+    }
+
+    pub fn restart(&mut self, id: u64) {
+        self.kill(id);
+        self.spawn(id);
+    }
+
+    pub fn log(&self, id: u64) -> String {
+        fs::read_to_string(&self.node(id).log_path).unwrap_or_default()
+    }
+
+    pub fn status(&self, id: u64) -> Option<Value> {
+        let r = HttpClient::new(Duration::from_millis(500)).get(&self.addr(id), "/status").ok()?;
+        (r.status == 200).then(|| r.json())
+    }
+
+    /// Waits until exactly one live node is leader and every live node
+    /// agrees on it and on its term. Returns the leader's id.
+    pub fn wait_leader(&self, timeout: Duration) -> u64 {
+        self.wait_leader_among(&self.live_ids(), timeout)
+    }
+
+    pub fn wait_leader_among(&self, ids: &[u64], timeout: Duration) -> u64 {
+        eventually(timeout, "a single leader that every live node agrees on", || {
+            let statuses: Vec<Value> = ids.iter().map(|&id| self.status(id)).collect::<Option<_>>()?;
+            let leaders: Vec<&Value> = statuses.iter().filter(|s| s["role"] == "leader").collect();
+            if leaders.len() != 1 {
+                return None;
+            }
+            let (leader, term) = (leaders[0]["id"].as_u64()?, leaders[0]["term"].as_u64()?);
+            statuses
+                .iter()
+                .all(|s| s["leader"].as_u64() == Some(leader) && s["term"].as_u64() == Some(term))
+                .then_some(leader)
+        })
+    }
+
+    pub fn followers(&self, leader: u64) -> Vec<u64> {
+        self.live_ids().into_iter().filter(|&i| i != leader).collect()
+    }
+
+    pub fn put(&self, id: u64, key: &str, value: &str) -> Response {
+        self.client.put_json(&self.addr(id), &format!("/kv/{key}"), &json!({"value": value})).expect("PUT")
+    }
+
+    pub fn get(&self, id: u64, key: &str) -> Response {
+        self.client.get(&self.addr(id), &format!("/kv/{key}")).expect("GET")
+    }
+
+    pub fn get_stale(&self, id: u64, key: &str) -> Response {
+        self.client.get(&self.addr(id), &format!("/kv/{key}?consistency=stale")).expect("GET")
+    }
+
+    /// Waits until node `id` has applied at least `index`.
+    pub fn wait_applied(&self, id: u64, index: u64, timeout: Duration) {
+        eventually(timeout, &format!("node {id} to apply index {index}"), || {
+            let s = self.status(id)?;
+            (s["applied_index"].as_u64()? >= index).then_some(())
+        });
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            if let Some(mut c) = n.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        if !std::thread::panicking() {
+            let _ = fs::remove_dir_all(&self.dir);
+        } else {
+            eprintln!("cluster files kept in {}", self.dir.display());
+        }
+    }
+}
+
+/// iptables rules that drop traffic between node addresses; removed on drop.
+pub struct Partition {
+    rules: Vec<(IpAddr, IpAddr)>,
+}
+
+pub fn iptables_available() -> bool {
+    Command::new("iptables").arg("-S").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+}
+
+fn iptables(op: &str, from: IpAddr, to: IpAddr) -> bool {
+    Command::new("iptables")
+        .args([op, "INPUT", "-s", &from.to_string(), "-d", &to.to_string(), "-j", "DROP", "-m", "comment", "--comment", "raftkv-test"])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+impl Partition {
+    pub fn new() -> Partition {
+        assert!(iptables_available(), "iptables is needed (as root) for partition tests; .ci/run installs it");
+        Partition { rules: Vec::new() }
+    }
+
+    /// Drops packets from `from` to `to`.
+    pub fn block(&mut self, from: IpAddr, to: IpAddr) {
+        assert!(iptables("-I", from, to), "iptables -I failed");
+        self.rules.push((from, to));
+    }
+
+    /// Cuts node `id` off from every other node of the cluster, both ways.
+    pub fn isolate(&mut self, c: &Cluster, id: u64) {
+        for other in c.ids() {
+            if other != id {
+                self.block(c.ip(id), c.ip(other));
+                self.block(c.ip(other), c.ip(id));
+            }
+        }
+    }
+
+    pub fn heal(&mut self) {
+        for (from, to) in self.rules.drain(..) {
+            iptables("-D", from, to);
+        }
+    }
+}
+
+impl Drop for Partition {
+    fn drop(&mut self) {
+        self.heal();
+    }
+}
