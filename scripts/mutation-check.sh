@@ -17,7 +17,7 @@ status=0
 for m in "${muts[@]}"; do
   log="$root/target/mutation-$m.log"
   RUSTFLAGS="--cfg mutation=\"$m\"" cargo test --release --no-fail-fast --lib --test simulation -- --test-threads 2 >"$log" 2>&1
-  if grep -qE "^error(\[|:)" "$log"; then
+  if grep -qE "^error(\[E|: could not compile)" "$log"; then
     echo "BUILD FAILED  $m   (see $log)"; status=1; continue
   fi
   if grep -qE "^test .* FAILED" "$log"; then
