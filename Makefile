@@ -1,0 +1,58 @@
+# raftkv — see README.md. `make cluster` then `make test`.
+SHELL := /bin/bash
+CARGO ?= cargo
+BIN := target/release/raftkv
+CTL := target/release/raftkvctl
+ENDPOINTS ?= 127.0.0.1:8001,127.0.0.1:8002,127.0.0.1:8003
+
+.PHONY: help build cluster stop clean-cluster test unit sim
+
+help:
+	@echo "make cluster   build (release) and start a local 3-node cluster in the background"
+	@echo "make stop      stop the processes 'make cluster' started"
+	@echo "make test      run the whole test suite (installs iptables/promtool if missing)"
+	@echo "make sim SIM_SEEDS=20000   run the deterministic simulation on more seeds"
+
+build:
+	$(CARGO) build --release --bins
+
+cluster: build
+	@scripts/cluster.sh start
+
+stop:
+	@scripts/cluster.sh stop
+
+clean-cluster: stop
+	rm -rf .cluster
+
+# The whole suite: unit tests, the seeded simulation, black-box tests of
+# real processes. Uses cargo-nextest when present (parallel processes),
+# cargo test otherwise.
+test:
+	@scripts/install-deps.sh test
+	$(CARGO) build --release --bins --tests
+	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
+		$(CARGO) nextest run --release --no-fail-fast; \
+	else \
+		$(CARGO) test --release --no-fail-fast; \
+	fi
+
+unit:
+	$(CARGO) test --release --lib
+
+sim:
+	SIM_SEEDS=$${SIM_SEEDS:-10000} $(CARGO) test --release --test simulation -- --nocapture
+
+# Per-actor logging of the running local cluster, switched without restart
+# (see README "Logs"). PEER=3 narrows replication tracing to one peer.
+.PHONY: trace-election trace-replication trace-storage quiet log
+trace-election: build
+	$(CTL) --endpoints $(ENDPOINTS) log set 'info,raftkv::election=trace'
+trace-replication: build
+	$(CTL) --endpoints $(ENDPOINTS) log set 'info,raftkv::replication$(if $(PEER),::$(PEER))=trace'
+trace-storage: build
+	$(CTL) --endpoints $(ENDPOINTS) log set 'info,raftkv::storage=debug'
+quiet: build
+	$(CTL) --endpoints $(ENDPOINTS) log set info
+log: build
+	$(CTL) --endpoints $(ENDPOINTS) log get

@@ -1,0 +1,575 @@
+//! `raftkvctl`: a command-line client for a raftkv cluster.
+//!
+//! ```text
+//! raftkvctl put name Alice          raftkvctl get name
+//! raftkvctl cas name Bob --if-value Alice
+//! raftkvctl delete name             raftkvctl list --prefix app/
+//! raftkvctl status                  raftkvctl log set 'info,raftkv::election=trace'
+//! raftkvctl                          (interactive prompt with history and completion)
+//! ```
+//!
+//! Endpoints are tried in order: a node that cannot be reached, or that
+//! answers 503 (nothing was done), is skipped for the next one. Exit codes:
+//! 0 ok, 1 error, 2 usage, 3 not found, 4 precondition failed,
+//! 5 unavailable (no leader, no node reachable), 6 timeout (outcome unknown),
+//! 7 rejected as invalid.
+
+use std::borrow::Cow;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use raftkv::client::{ClientError, HttpClient, Response};
+use rustyline::completion::Completer;
+use rustyline::error::ReadlineError;
+use rustyline::highlight::Highlighter;
+use rustyline::{Editor, Helper, Hinter, Validator};
+use serde_json::{Value, json};
+
+const DEFAULT_ENDPOINTS: &str = "127.0.0.1:8001,127.0.0.1:8002,127.0.0.1:8003";
+
+#[derive(Parser, Debug)]
+#[command(name = "raftkvctl", version, about = "Command-line client for a raftkv cluster")]
+struct Cli {
+    /// Nodes to talk to (host:port), tried in order.
+    #[arg(long, env = "RAFTKV_ENDPOINTS", default_value = DEFAULT_ENDPOINTS, value_delimiter = ',', global = true)]
+    endpoints: Vec<String>,
+    /// Output format.
+    #[arg(long, short, value_enum, default_value_t = Output::Table, global = true)]
+    output: Output,
+    /// Seconds to wait for each request.
+    #[arg(long, default_value_t = 5.0, global = true)]
+    timeout: f64,
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand, Debug, Clone)]
+enum Cmd {
+    /// Read a key.
+    Get {
+        key: String,
+        /// linearizable (default), lease or stale.
+        #[arg(long)]
+        consistency: Option<String>,
+    },
+    /// Write a key.
+    Put { key: String, value: String },
+    /// Write a key only if its current value or revision is as given.
+    Cas {
+        key: String,
+        value: String,
+        /// Required current value.
+        #[arg(long, required_unless_present = "if_revision", conflicts_with = "if_revision")]
+        if_value: Option<String>,
+        /// Required current revision (0: the key must not exist).
+        #[arg(long)]
+        if_revision: Option<u64>,
+    },
+    /// Delete a key.
+    Delete {
+        key: String,
+        /// Only if the key's revision is this.
+        #[arg(long)]
+        if_revision: Option<u64>,
+    },
+    /// List keys, sorted, optionally under a prefix.
+    List {
+        #[arg(long, default_value = "")]
+        prefix: String,
+        #[arg(long)]
+        limit: Option<u64>,
+        #[arg(long)]
+        consistency: Option<String>,
+    },
+    /// Role, term, indexes and lag of every endpoint.
+    Status,
+    /// Show or change the per-actor log filter of the nodes.
+    Log {
+        #[command(subcommand)]
+        action: LogCmd,
+    },
+}
+
+#[derive(Subcommand, Debug, Clone)]
+enum LogCmd {
+    /// Show each node's filter.
+    Get,
+    /// Set the filter (RUST_LOG syntax) on every endpoint, or on --node only.
+    Set {
+        filter: String,
+        #[arg(long)]
+        node: Option<String>,
+    },
+}
+
+/// A failure, with the exit code it maps to.
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl Failure {
+    fn new(code: u8, message: impl Into<String>) -> Self {
+        Failure { code, message: message.into() }
+    }
+}
+
+struct Ctl {
+    endpoints: Vec<String>,
+    output: Output,
+    http: HttpClient,
+}
+
+/// Percent-encodes a key for the URL path; `/` stays as is.
+fn encode_key(key: &str) -> String {
+    let mut out = String::with_capacity(key.len());
+    for b in key.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn encode_query(v: &str) -> String {
+    encode_key(v).replace('/', "%2F")
+}
+
+/// Maps an error response to an exit code and message.
+fn failure_of(r: &Response) -> Failure {
+    let body = r.json();
+    let msg = body["error"].as_str().map(str::to_string).unwrap_or_else(|| r.text());
+    let code = match r.status {
+        404 => 3,
+        412 => 4,
+        503 => 5,
+        504 => 6,
+        400 | 405 | 413 => 7,
+        _ => 1,
+    };
+    let mut message = format!("{msg} (HTTP {}, {})", r.status, body["code"].as_str().unwrap_or("?"));
+    if r.status == 412 {
+        message = match &body["current"] {
+            Value::Null => format!("precondition failed: '{}' does not exist", body["key"].as_str().unwrap_or("")),
+            cur => format!(
+                "precondition failed: current value is {} (revision {})",
+                cur["value"],
+                cur["revision"]
+            ),
+        };
+    }
+    Failure::new(code, message)
+}
+
+impl Ctl {
+    /// Sends to the first endpoint that takes the request. Falls over on
+    /// connection errors and on 503 (which promises nothing was done).
+    fn send(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Response, Failure> {
+        let body = body.map(|b| b.to_string());
+        let mut last = String::from("no endpoints given");
+        for ep in &self.endpoints {
+            match self.http.request(ep, method, path, body.as_deref().map(str::as_bytes)) {
+                Ok(r) if r.status == 503 => last = format!("{ep}: {}", failure_of(&r).message),
+                Ok(r) => return Ok(r),
+                Err(e @ ClientError::Connect(_)) => last = format!("{ep}: {e}"),
+                Err(e) if method == "GET" => last = format!("{ep}: {e}"),
+                Err(e) => {
+                    return Err(Failure::new(6, format!("{ep}: {e}; the request may or may not have taken effect")));
+                }
+            }
+        }
+        Err(Failure::new(5, format!("no endpoint could serve the request; last: {last}")))
+    }
+
+    fn ok(&self, r: Response) -> Result<Value, Failure> {
+        if (200..300).contains(&r.status) { Ok(r.json()) } else { Err(failure_of(&r)) }
+    }
+
+    fn run(&self, cmd: &Cmd) -> Result<String, Failure> {
+        match cmd {
+            Cmd::Get { key, consistency } => {
+                let q = consistency.as_ref().map(|c| format!("?consistency={}", encode_query(c))).unwrap_or_default();
+                let v = self.ok(self.send("GET", &format!("/kv/{}{q}", encode_key(key)), None)?)?;
+                Ok(self.items(&v, std::slice::from_ref(&v)))
+            }
+            Cmd::Put { key, value } => {
+                let v = self.ok(self.send("PUT", &format!("/kv/{}", encode_key(key)), Some(&json!({"value": value})))?)?;
+                Ok(self.render(&v, || format!("OK (revision {})", v["revision"])))
+            }
+            Cmd::Cas { key, value, if_value, if_revision } => {
+                let body = match (if_value, if_revision) {
+                    (Some(old), _) => json!({"value": value, "if_value": old}),
+                    (None, Some(r)) => json!({"value": value, "if_revision": r}),
+                    (None, None) => return Err(Failure::new(2, "cas needs --if-value or --if-revision")),
+                };
+                let v = self.ok(self.send("PUT", &format!("/kv/{}", encode_key(key)), Some(&body))?)?;
+                Ok(self.render(&v, || format!("OK (revision {})", v["revision"])))
+            }
+            Cmd::Delete { key, if_revision } => {
+                let q = if_revision.map(|r| format!("?if_revision={r}")).unwrap_or_default();
+                let v = self.ok(self.send("DELETE", &format!("/kv/{}{q}", encode_key(key)), None)?)?;
+                Ok(self.render(&v, || {
+                    if v["deleted"] == true {
+                        format!("deleted (revision {})", v["revision"])
+                    } else {
+                        format!("not found, nothing deleted (revision {})", v["revision"])
+                    }
+                }))
+            }
+            Cmd::List { prefix, limit, consistency } => {
+                let mut q = vec![format!("prefix={}", encode_query(prefix))];
+                if let Some(l) = limit {
+                    q.push(format!("limit={l}"));
+                }
+                if let Some(c) = consistency {
+                    q.push(format!("consistency={}", encode_query(c)));
+                }
+                let v = self.ok(self.send("GET", &format!("/kv?{}", q.join("&")), None)?)?;
+                let items = v["items"].as_array().cloned().unwrap_or_default();
+                Ok(self.items(&v, &items))
+            }
+            Cmd::Status => self.status(),
+            Cmd::Log { action: LogCmd::Get } => self.log(None, None),
+            Cmd::Log { action: LogCmd::Set { filter, node } } => self.log(Some(filter), node.as_deref()),
+        }
+    }
+
+    fn render(&self, v: &Value, table: impl FnOnce() -> String) -> String {
+        match self.output {
+            Output::Json => v.to_string(),
+            Output::Table => table(),
+        }
+    }
+
+    fn items(&self, whole: &Value, items: &[Value]) -> String {
+        self.render(whole, || {
+            let rows: Vec<Vec<String>> = items
+                .iter()
+                .map(|i| {
+                    vec![
+                        i["key"].as_str().unwrap_or("").to_string(),
+                        i["value"].as_str().unwrap_or("").to_string(),
+                        i["revision"].to_string(),
+                    ]
+                })
+                .collect();
+            table(&["KEY", "VALUE", "REVISION"], &rows)
+        })
+    }
+
+    fn status(&self) -> Result<String, Failure> {
+        let statuses: Vec<(String, Option<Value>)> = self
+            .endpoints
+            .iter()
+            .map(|ep| {
+                let s = self.http.get(ep, "/status").ok().filter(|r| r.status == 200).map(|r| r.json());
+                (ep.clone(), s)
+            })
+            .collect();
+        if statuses.iter().all(|(_, s)| s.is_none()) {
+            return Err(Failure::new(5, "no endpoint answered /status"));
+        }
+        if self.output == Output::Json {
+            let all: Vec<Value> = statuses
+                .iter()
+                .map(|(ep, s)| s.clone().unwrap_or_else(|| json!({"address": ep, "error": "unreachable"})))
+                .collect();
+            return Ok(Value::Array(all).to_string());
+        }
+        let leader_last = statuses
+            .iter()
+            .filter_map(|(_, s)| s.as_ref())
+            .find(|s| s["role"] == "leader")
+            .and_then(|s| s["last_log_index"].as_u64());
+        let rows: Vec<Vec<String>> = statuses
+            .iter()
+            .map(|(ep, s)| match s {
+                None => vec!["?".into(), ep.clone(), "unreachable".into(), "".into(), "".into(), "".into(), "".into(), "".into()],
+                Some(s) => {
+                    let applied = s["applied_index"].as_u64().unwrap_or(0);
+                    vec![
+                        s["id"].to_string(),
+                        ep.clone(),
+                        s["role"].as_str().unwrap_or("?").to_string(),
+                        s["term"].to_string(),
+                        s["leader"].as_u64().map_or("-".into(), |l| l.to_string()),
+                        s["commit_index"].to_string(),
+                        applied.to_string(),
+                        leader_last.map_or("-".into(), |l| l.saturating_sub(applied).to_string()),
+                    ]
+                }
+            })
+            .collect();
+        Ok(table(&["NODE", "ADDRESS", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED", "LAG"], &rows))
+    }
+
+    fn log(&self, set: Option<&String>, only: Option<&str>) -> Result<String, Failure> {
+        let targets: Vec<&String> = self.endpoints.iter().filter(|e| only.is_none_or(|n| n == e.as_str())).collect();
+        if targets.is_empty() {
+            return Err(Failure::new(2, format!("--node {} is not one of the endpoints", only.unwrap_or(""))));
+        }
+        let mut rows = Vec::new();
+        let mut all = Vec::new();
+        let mut failed = None;
+        for ep in targets {
+            let r = match set {
+                Some(f) => self.http.request(ep, "PUT", "/admin/log", Some(json!({"filter": f}).to_string().as_bytes())),
+                None => self.http.get(ep, "/admin/log"),
+            };
+            match r {
+                Ok(r) if r.status == 200 => {
+                    let v = r.json();
+                    rows.push(vec![ep.clone(), v["filter"].as_str().unwrap_or("").to_string()]);
+                    all.push(json!({"address": ep, "filter": v["filter"]}));
+                }
+                Ok(r) => {
+                    let f = failure_of(&r);
+                    rows.push(vec![ep.clone(), format!("error: {}", f.message)]);
+                    failed = Some(f);
+                }
+                Err(e) => {
+                    rows.push(vec![ep.clone(), format!("unreachable: {e}")]);
+                    failed.get_or_insert(Failure::new(5, format!("{ep}: {e}")));
+                }
+            }
+        }
+        if let (Some(f), Some(_)) = (failed, set) {
+            return Err(Failure::new(f.code, format!("{}\n{}", table(&["NODE", "FILTER"], &rows), f.message)));
+        }
+        Ok(match self.output {
+            Output::Json => Value::Array(all).to_string(),
+            Output::Table => table(&["NODE", "FILTER"], &rows),
+        })
+    }
+}
+
+fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect::<Vec<_>>().join("  ").trim_end().to_string()
+    };
+    let mut out = vec![line(header.iter().map(|s| s.to_string()).collect())];
+    out.extend(rows.iter().map(|r| line(r.clone())));
+    out.join("\n")
+}
+
+// --- interactive prompt -------------------------------------------------------------
+
+/// Splits a line into words; "double" and 'single' quotes group words.
+fn split_words(line: &str) -> Result<Vec<String>, String> {
+    let mut words = Vec::new();
+    let mut cur = String::new();
+    let mut in_word = false;
+    let mut quote: Option<char> = None;
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), '\\') => cur.push(chars.next().unwrap_or('\\')),
+            (Some(_), c) => cur.push(c),
+            (None, '"' | '\'') => {
+                quote = Some(c);
+                in_word = true;
+            }
+            (None, c) if c.is_whitespace() => {
+                if in_word {
+                    words.push(std::mem::take(&mut cur));
+                    in_word = false;
+                }
+            }
+            (None, c) => {
+                cur.push(c);
+                in_word = true;
+            }
+        }
+    }
+    if quote.is_some() {
+        return Err("unclosed quote".into());
+    }
+    if in_word {
+        words.push(cur);
+    }
+    Ok(words)
+}
+
+#[derive(Parser, Debug)]
+#[command(name = "raftkvctl", no_binary_name = true, disable_help_flag = true, disable_version_flag = true)]
+struct Line {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+const COMMANDS: &[&str] = &["get", "put", "cas", "delete", "list", "status", "log", "help", "exit", "quit"];
+
+#[derive(Helper, Hinter, Validator)]
+struct Complete {
+    endpoints: Vec<String>,
+}
+
+impl Highlighter for Complete {
+    fn highlight_prompt<'b, 's: 'b, 'p: 'b>(&'s self, prompt: &'p str, _default: bool) -> Cow<'b, str> {
+        Cow::Borrowed(prompt)
+    }
+}
+
+impl Completer for Complete {
+    type Candidate = String;
+
+    fn complete(&self, line: &str, pos: usize, _: &rustyline::Context<'_>) -> rustyline::Result<(usize, Vec<String>)> {
+        let before = &line[..pos];
+        let start = before.rfind(' ').map_or(0, |i| i + 1);
+        let word = &before[start..];
+        let words: Vec<&str> = before.split_whitespace().collect();
+        let first_word = start == 0;
+        if first_word {
+            return Ok((start, COMMANDS.iter().filter(|c| c.starts_with(word)).map(|c| c.to_string()).collect()));
+        }
+        // Second word of a key command: complete key names from the cluster.
+        let key_cmd = matches!(words.first().copied(), Some("get" | "put" | "cas" | "delete"));
+        if key_cmd && (words.len() == 1 || (words.len() == 2 && !before.ends_with(' '))) {
+            let http = HttpClient::new(Duration::from_millis(500));
+            let path = format!("/kv?prefix={}&limit=50&consistency=stale", encode_query(word));
+            for ep in &self.endpoints {
+                if let Ok(r) = http.get(ep, &path) {
+                    let keys = r.json()["items"]
+                        .as_array()
+                        .map(|a| a.iter().filter_map(|i| i["key"].as_str().map(str::to_string)).collect())
+                        .unwrap_or_default();
+                    return Ok((start, keys));
+                }
+            }
+        }
+        if words.first() == Some(&"log") && words.len() <= 2 {
+            return Ok((start, ["get", "set"].iter().filter(|c| c.starts_with(word)).map(|c| c.to_string()).collect()));
+        }
+        Ok((start, Vec::new()))
+    }
+}
+
+fn interactive(ctl: &Ctl) -> ExitCode {
+    let mut rl: Editor<Complete, rustyline::history::DefaultHistory> = match Editor::new() {
+        Ok(rl) => rl,
+        Err(e) => {
+            eprintln!("raftkvctl: cannot open the terminal: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    rl.set_helper(Some(Complete { endpoints: ctl.endpoints.clone() }));
+    let history = std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".raftkvctl_history"));
+    if let Some(h) = &history {
+        let _ = rl.load_history(h);
+    }
+    println!("raftkv interactive client; endpoints {}. Type 'help' for commands, 'exit' to leave.", ctl.endpoints.join(","));
+    let mut status = 0u8;
+    loop {
+        let line = match rl.readline("raftkv> ") {
+            Ok(l) => l,
+            Err(ReadlineError::Interrupted) => continue,
+            Err(ReadlineError::Eof) => break,
+            Err(e) => {
+                eprintln!("raftkvctl: {e}");
+                status = 1;
+                break;
+            }
+        };
+        let words = match split_words(&line) {
+            Ok(w) => w,
+            Err(e) => {
+                eprintln!("error: {e}");
+                continue;
+            }
+        };
+        if words.is_empty() {
+            continue;
+        }
+        let _ = rl.add_history_entry(line.as_str());
+        match words[0].as_str() {
+            "exit" | "quit" => break,
+            "help" => {
+                println!(
+                    "commands:\n  get <key> [--consistency stale|lease]\n  put <key> <value>\n  \
+                     cas <key> <value> --if-value <old> | --if-revision <n>\n  delete <key> [--if-revision <n>]\n  \
+                     list [--prefix <p>] [--limit <n>]\n  status\n  log get | log set <filter>\n  exit"
+                );
+                continue;
+            }
+            _ => {}
+        }
+        match Line::try_parse_from(&words) {
+            Ok(Line { cmd }) => match ctl.run(&cmd) {
+                Ok(out) => println!("{out}"),
+                Err(f) => {
+                    eprintln!("error: {}", f.message);
+                    status = f.code;
+                }
+            },
+            Err(e) => eprintln!("{}", e.to_string().trim_end()),
+        }
+    }
+    if let Some(h) = &history {
+        let _ = rl.save_history(h);
+    }
+    ExitCode::from(status)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let endpoints: Vec<String> = cli.endpoints.iter().map(|e| e.trim().to_string()).filter(|e| !e.is_empty()).collect();
+    if endpoints.is_empty() {
+        eprintln!("raftkvctl: --endpoints must name at least one node");
+        return ExitCode::from(2);
+    }
+    if !(cli.timeout > 0.0 && cli.timeout.is_finite()) {
+        eprintln!("raftkvctl: --timeout must be a positive number of seconds");
+        return ExitCode::from(2);
+    }
+    let ctl = Ctl { endpoints, output: cli.output, http: HttpClient::new(Duration::from_secs_f64(cli.timeout)) };
+    match &cli.command {
+        None => interactive(&ctl),
+        Some(cmd) => match ctl.run(cmd) {
+            Ok(out) => {
+                if !out.is_empty() {
+                    println!("{out}");
+                }
+                ExitCode::SUCCESS
+            }
+            Err(f) => {
+                eprintln!("raftkvctl: {}", f.message);
+                ExitCode::from(f.code)
+            }
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn words_and_quotes() {
+        assert_eq!(split_words(r#"put "my key" 'a b' c"#).unwrap(), ["put", "my key", "a b", "c"]);
+        assert_eq!(split_words(r#"put k "say \"hi\"""#).unwrap(), ["put", "k", "say \"hi\""]);
+        assert_eq!(split_words(r#"put k """#).unwrap(), ["put", "k", ""]);
+        assert!(split_words(r#"put "open"#).is_err());
+    }
+
+    #[test]
+    fn keys_are_escaped_but_slashes_kept() {
+        assert_eq!(encode_key("a/b c%"), "a/b%20c%25");
+        assert_eq!(encode_query("a/b"), "a%2Fb");
+    }
+}
