@@ -442,7 +442,7 @@ impl Completer for Complete {
         let key_cmd = matches!(words.first().copied(), Some("get" | "put" | "cas" | "delete"));
         if key_cmd && (words.len() == 1 || (words.len() == 2 && !before.ends_with(' '))) {
             let http = HttpClient::new(Duration::from_millis(500));
-            let path = format!("/kv?prefix={}&limit=50&consistency=stale", encode_query(word));
+            let path = format!("/kv?prefix={}&limit=50", encode_query(word));
             for ep in &self.endpoints {
                 if let Ok(r) = http.get(ep, &path) {
                     let keys = r.json()["items"]
