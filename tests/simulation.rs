@@ -20,7 +20,9 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
 use std::hash::{DefaultHasher, Hash, Hasher};
 
 use bytes::Bytes;
-use raftkv::raft::{Config, Entry, EntryData, HardState, Index, Message, NodeId, PersistOp, Raft, Ready, Role, Term};
+use raftkv::raft::{
+    Config, Entry, EntryData, HardState, Index, Message, NodeId, PersistOp, Raft, Ready, Role, SplitMix64, Term,
+};
 
 const TICK_MS: u64 = 10;
 const ELECTION_TICKS: u64 = 10;
@@ -34,15 +36,11 @@ const KEYS: u64 = 3;
 // Seeded randomness
 // ---------------------------------------------------------------------------
 
-struct Rng(u64);
+struct Rng(SplitMix64);
 
 impl Rng {
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.0.next()
     }
     fn below(&mut self, n: u64) -> u64 {
         self.next() % n.max(1)
@@ -197,7 +195,7 @@ fn chain(prev: u64, e: &Entry) -> u64 {
 
 impl Sim {
     fn new(seed: u64, nodes: u64) -> Sim {
-        let mut rng = Rng(seed);
+        let mut rng = Rng(SplitMix64(seed));
         let params = Params {
             nodes,
             drop: [0.0, 0.02, 0.1, 0.25][rng.below(4) as usize],

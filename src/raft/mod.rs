@@ -28,5 +28,5 @@ pub mod types;
 mod tests;
 
 pub use message::{Body, Message, MessageKind};
-pub use node::{Config, NotLeader, PersistOp, Raft, Ready, replication_target};
+pub use node::{Config, NotLeader, PersistOp, Raft, Ready, SplitMix64, replication_target};
 pub use types::{Entry, EntryData, HardState, Index, NodeId, RequestId, Role, Term};

@@ -122,12 +122,12 @@ impl Ready {
 }
 
 /// SplitMix64: a tiny seeded generator, so the core's only randomness is
-/// the seed it is given.
+/// the seed it is given. (The simulation draws its faults from it too.)
 #[derive(Clone, Debug)]
-struct SplitMix64(u64);
+pub struct SplitMix64(pub u64);
 
 impl SplitMix64 {
-    fn next(&mut self) -> u64 {
+    pub fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
