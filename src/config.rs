@@ -58,6 +58,18 @@ pub struct Args {
     /// HTTP worker threads (default 2).
     #[arg(long, env = "RAFTKV_HTTP_WORKERS")]
     pub http_workers: Option<usize>,
+    /// TESTING ONLY: run with a deliberate correctness bug, to show that the
+    /// chaos checker catches it. `local-reads`: serve linearizable reads from
+    /// the local state machine without confirming leadership.
+    #[arg(long, hide = true, env = "RAFTKV_UNSAFE_PLANTED_BUG")]
+    pub unsafe_planted_bug: Option<String>,
+}
+
+/// A deliberate bug for testing the testers (`--unsafe-planted-bug`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PlantedBug {
+    /// Linearizable reads are served locally, without ReadIndex.
+    LocalReads,
 }
 
 /// The same settings as they may appear in the TOML file.
@@ -104,6 +116,7 @@ pub struct Settings {
     pub max_value_bytes: usize,
     pub max_inflight: usize,
     pub http_workers: usize,
+    pub planted_bug: Option<PlantedBug>,
 }
 
 impl Settings {
@@ -192,6 +205,11 @@ impl Args {
             max_value_bytes: self.max_value_bytes.or(file.max_value_bytes).unwrap_or(1 << 20),
             max_inflight: self.max_inflight.or(file.max_inflight).unwrap_or(4),
             http_workers: self.http_workers.or(file.http_workers).unwrap_or(2),
+            planted_bug: match self.unsafe_planted_bug.as_deref() {
+                None => None,
+                Some("local-reads") => Some(PlantedBug::LocalReads),
+                Some(other) => return Err(format!("unknown planted bug '{other}' (known: local-reads)")),
+            },
         };
         if s.tick.is_zero() || s.heartbeat < s.tick {
             return Err("tick_ms must be positive and no longer than heartbeat_ms".into());

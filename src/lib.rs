@@ -20,4 +20,5 @@ pub mod wal;
 
 #[path = "../actors/mod.rs"]
 pub mod actors;
+pub mod chaos;
 pub mod client;

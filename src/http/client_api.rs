@@ -18,6 +18,7 @@ use super::{AppState, Forwarder};
 use crate::actors::consensus::{ClientRead, ClientWrite, ConsensusActor};
 use crate::actors::state_machine::LocalRead;
 use crate::actors::{ClientError, ClientOutcome, ClientReply, ClientResult};
+use crate::config::PlantedBug;
 use crate::kv::{Command, CommandResult, Condition, Item, Query, QueryResult};
 use crate::raft::NodeId;
 
@@ -269,7 +270,13 @@ async fn forward(state: &AppState, fwd: &Forwarder, req: &HttpRequest, body: Byt
     }
     let mut resp = match out.send_body(body).await {
         Ok(r) => r,
-        Err(awc::error::SendRequestError::Connect(e)) => {
+        // Only a failure to *establish* the connection proves the request
+        // never reached the leader. awc also reports a connection closed
+        // after the request was sent as `Connect(Disconnected)`: that one
+        // is in doubt, like any other error after sending.
+        Err(awc::error::SendRequestError::Connect(e))
+            if !matches!(e, awc::error::ConnectError::Disconnected | awc::error::ConnectError::H2(_)) =>
+        {
             return Err(ApiError::no_leader(format!("leader {leader} at {addr} is unreachable: {e}")));
         }
         Err(e) => {
@@ -349,14 +356,16 @@ fn read_response(result: QueryResult, stale: bool) -> HttpResponse {
 }
 
 async fn read(state: &AppState, fwd: &Forwarder, req: &HttpRequest, query: Query, c: Consistency) -> Result<HttpResponse, ApiError> {
-    if c == Consistency::Stale {
+    let planted = state.settings.planted_bug == Some(PlantedBug::LocalReads);
+    if c == Consistency::Stale || planted {
         let (result, _) = state
             .node
             .state_machine
             .send(LocalRead { query })
             .await
             .map_err(|_| ApiError::no_leader("the node is shutting down"))?;
-        return Ok(read_response(result, true));
+        // The planted bug passes a local read off as linearizable.
+        return Ok(read_response(result, !planted));
     }
     let lease = c == Consistency::Lease;
     match submit(state, fwd, req, Bytes::new(), |reply| ClientRead { query, lease, reply }).await? {

@@ -1,0 +1,246 @@
+//! Real `raftkv` processes for fault injection: each node on its own
+//! loopback address (127.a.b.i) so that iptables rules keyed on address
+//! pairs cut exactly one link; kill -9, restart, SIGSTOP/SIGCONT.
+
+use std::fs;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::client::HttpClient;
+
+pub struct ChaosNode {
+    pub id: u64,
+    pub addr: SocketAddr,
+    pub data_dir: PathBuf,
+    pub log_path: PathBuf,
+    pub child: Option<Child>,
+    pub paused: bool,
+}
+
+pub struct ChaosCluster {
+    pub nodes: Vec<ChaosNode>,
+    binary: PathBuf,
+    extra_args: Vec<String>,
+    /// The iptables comment that marks this run's rules.
+    tag: String,
+    /// Blocked directed links (from, to), as node ids.
+    pub blocked: Vec<(u64, u64)>,
+}
+
+fn free_port(ip: IpAddr) -> std::io::Result<u16> {
+    Ok(TcpListener::bind(SocketAddr::new(ip, 0))?.local_addr()?.port())
+}
+
+/// Removes every iptables rule left behind by earlier chaos runs.
+pub fn remove_stale_rules(prefix: &str) {
+    let Ok(out) = Command::new("iptables").arg("-S").output() else { return };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        if line.starts_with("-A ") && line.contains(prefix) {
+            let args: Vec<String> = line[3..].split_whitespace().map(|s| s.trim_matches('"').to_string()).collect();
+            let _ = Command::new("iptables").arg("-D").args(&args).status();
+        }
+    }
+}
+
+impl ChaosCluster {
+    pub fn new(binary: &Path, n: u64, dir: &Path, net: (u8, u8), extra_args: Vec<String>) -> std::io::Result<ChaosCluster> {
+        let mut nodes = Vec::new();
+        for id in 1..=n {
+            let ip = IpAddr::V4(Ipv4Addr::new(127, net.0, net.1, id as u8));
+            nodes.push(ChaosNode {
+                id,
+                addr: SocketAddr::new(ip, free_port(ip)?),
+                data_dir: dir.join(format!("node{id}")),
+                log_path: dir.join(format!("node{id}.log")),
+                child: None,
+                paused: false,
+            });
+        }
+        let tag = format!("raftkv-chaos-{}", std::process::id());
+        Ok(ChaosCluster { nodes, binary: binary.to_path_buf(), extra_args, tag, blocked: Vec::new() })
+    }
+
+    pub fn node(&self, id: u64) -> &ChaosNode {
+        &self.nodes[id as usize - 1]
+    }
+
+    pub fn ids(&self) -> Vec<u64> {
+        self.nodes.iter().map(|n| n.id).collect()
+    }
+
+    pub fn addr(&self, id: u64) -> String {
+        self.node(id).addr.to_string()
+    }
+
+    pub fn is_up(&self, id: u64) -> bool {
+        self.node(id).child.is_some()
+    }
+
+    pub fn start(&mut self, id: u64) -> std::io::Result<()> {
+        let peers: Vec<String> =
+            self.nodes.iter().filter(|n| n.id != id).map(|n| format!("{}={}", n.id, n.addr)).collect();
+        let node = &self.nodes[id as usize - 1];
+        let log = fs::OpenOptions::new().create(true).append(true).open(&node.log_path)?;
+        let child = Command::new(&self.binary)
+            .arg("--id")
+            .arg(id.to_string())
+            .arg("--listen")
+            .arg(node.addr.to_string())
+            .arg("--peers")
+            .arg(peers.join(","))
+            .arg("--data-dir")
+            .arg(&node.data_dir)
+            .args(&self.extra_args)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        let node = &mut self.nodes[id as usize - 1];
+        node.child = Some(child);
+        node.paused = false;
+        Ok(())
+    }
+
+    pub fn kill(&mut self, id: u64) {
+        let node = &mut self.nodes[id as usize - 1];
+        if let Some(mut c) = node.child.take() {
+            if node.paused {
+                signal(c.id(), "CONT");
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        node.paused = false;
+    }
+
+    pub fn pause(&mut self, id: u64) {
+        let node = &mut self.nodes[id as usize - 1];
+        if let Some(c) = &node.child
+            && !node.paused
+        {
+            signal(c.id(), "STOP");
+            node.paused = true;
+        }
+    }
+
+    pub fn resume(&mut self, id: u64) {
+        let node = &mut self.nodes[id as usize - 1];
+        if let Some(c) = &node.child
+            && node.paused
+        {
+            signal(c.id(), "CONT");
+            node.paused = false;
+        }
+    }
+
+    fn rule(&self, op: &str, from: u64, to: u64) -> bool {
+        Command::new("iptables")
+            .args([op, "INPUT", "-s", &self.node(from).addr.ip().to_string(), "-d", &self.node(to).addr.ip().to_string()])
+            .args(["-j", "DROP", "-m", "comment", "--comment", &self.tag])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    /// Drops every packet from `from` to `to`.
+    pub fn block(&mut self, from: u64, to: u64) -> bool {
+        if from == to || self.blocked.contains(&(from, to)) {
+            return true;
+        }
+        let ok = self.rule("-I", from, to);
+        if ok {
+            self.blocked.push((from, to));
+        }
+        ok
+    }
+
+    pub fn block_both(&mut self, a: u64, b: u64) -> bool {
+        self.block(a, b) && self.block(b, a)
+    }
+
+    pub fn heal_network(&mut self) {
+        for (from, to) in std::mem::take(&mut self.blocked) {
+            self.rule("-D", from, to);
+        }
+    }
+
+    /// Ends every fault: network healed, paused nodes resumed, dead ones restarted.
+    pub fn heal_all(&mut self) -> std::io::Result<()> {
+        self.heal_network();
+        for id in self.ids() {
+            self.resume(id);
+            if !self.is_up(id) {
+                self.start(id)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The leader that the reachable nodes agree on, if any.
+    pub fn leader(&self) -> Option<u64> {
+        let http = HttpClient::new(Duration::from_millis(300));
+        for n in &self.nodes {
+            if n.child.is_none() || n.paused {
+                continue;
+            }
+            if let Ok(r) = http.get(&n.addr.to_string(), "/status")
+                && r.status == 200
+                && r.json()["role"] == "leader"
+            {
+                return Some(n.id);
+            }
+        }
+        None
+    }
+
+    /// Waits until some node is leader and every node is ready.
+    pub fn wait_ready(&self, timeout: Duration) -> bool {
+        let http = HttpClient::new(Duration::from_millis(500));
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            let all = self
+                .nodes
+                .iter()
+                .all(|n| http.get(&n.addr.to_string(), "/ready").is_ok_and(|r| r.status == 200));
+            if all {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
+    /// Is a majority of nodes up, running and connected both ways?
+    pub fn majority_connected(&self) -> bool {
+        let ids = self.ids();
+        let healthy = |id: u64| self.is_up(id) && !self.node(id).paused;
+        let linked = |a: u64, b: u64| !self.blocked.contains(&(a, b)) && !self.blocked.contains(&(b, a));
+        let quorum = ids.len() / 2 + 1;
+        // Largest group of healthy nodes that are all linked to each other
+        // (cluster sizes are tiny: try every subset).
+        (0u32..(1 << ids.len())).any(|mask| {
+            let group: Vec<u64> = ids.iter().enumerate().filter(|(i, _)| mask & (1 << i) != 0).map(|(_, &id)| id).collect();
+            group.len() >= quorum
+                && group.iter().all(|&a| healthy(a))
+                && group.iter().all(|&a| group.iter().all(|&b| a == b || linked(a, b)))
+        })
+    }
+}
+
+fn signal(pid: u32, sig: &str) {
+    let _ = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status();
+}
+
+impl Drop for ChaosCluster {
+    fn drop(&mut self) {
+        self.heal_network();
+        for id in self.ids() {
+            self.kill(id);
+        }
+        remove_stale_rules(&self.tag);
+    }
+}

@@ -1,0 +1,15 @@
+//! Fault injection against real clusters (`make chaos`): a driver starts a
+//! cluster of the release binary on distinct loopback addresses, runs
+//! concurrent clients that record every operation, lets a nemesis crash,
+//! pause and partition nodes, heals, reads everything back, and checks the
+//! history for linearizability per key.
+//!
+//! * `checker.rs` — the Wing–Gong–Lowe linearizability search.
+//! * `cluster.rs` — node processes, signals, iptables rules.
+//! * `run.rs` — clients, nemesis, report.
+
+pub mod checker;
+pub mod cluster;
+pub mod run;
+
+pub use run::{ChaosConfig, Fault, Report, parse_faults, run};

@@ -1,0 +1,604 @@
+//! One chaos run: start a cluster, let clients work while the nemesis
+//! injects faults, heal, read everything back, check the history.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::fs;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde_json::json;
+
+use super::checker::{self, Action, HistoryOp, Verdict};
+use super::cluster::{ChaosCluster, remove_stale_rules};
+use crate::client::{ClientError, HttpClient};
+use crate::raft::SplitMix64;
+
+/// The faults the nemesis can inject.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Fault {
+    /// kill -9 a random node, restart it when the fault ends.
+    Kill,
+    /// kill -9 the leader.
+    KillLeader,
+    /// SIGSTOP a random node, SIGCONT when the fault ends.
+    Pause,
+    /// SIGSTOP the leader.
+    PauseLeader,
+    /// Cut the leader off from everyone (a minority of one).
+    PartitionLeader,
+    /// Split the cluster into a majority and a minority at random.
+    PartitionHalves,
+    /// Drop traffic in one direction only on one or two links.
+    OneWay,
+    /// Two sides that cannot talk, and one node that talks to both.
+    Bridge,
+    /// A partition and a crash or pause at the same time.
+    Combined,
+}
+
+impl Fault {
+    pub const ALL: [Fault; 9] = [
+        Fault::Kill,
+        Fault::KillLeader,
+        Fault::Pause,
+        Fault::PauseLeader,
+        Fault::PartitionLeader,
+        Fault::PartitionHalves,
+        Fault::OneWay,
+        Fault::Bridge,
+        Fault::Combined,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Fault::Kill => "kill",
+            Fault::KillLeader => "kill-leader",
+            Fault::Pause => "pause",
+            Fault::PauseLeader => "pause-leader",
+            Fault::PartitionLeader => "partition-leader",
+            Fault::PartitionHalves => "partition-halves",
+            Fault::OneWay => "one-way",
+            Fault::Bridge => "bridge",
+            Fault::Combined => "combined",
+        }
+    }
+
+    fn needs_iptables(self) -> bool {
+        matches!(self, Fault::PartitionLeader | Fault::PartitionHalves | Fault::OneWay | Fault::Bridge | Fault::Combined)
+    }
+}
+
+impl FromStr for Fault {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Fault, String> {
+        Fault::ALL
+            .iter()
+            .copied()
+            .find(|f| f.name() == s)
+            .ok_or_else(|| format!("unknown fault '{s}' (known: {})", Fault::ALL.map(|f| f.name()).join(", ")))
+    }
+}
+
+/// Parses `all`, `partitions`, `crashes` or a comma-separated list of faults.
+pub fn parse_faults(spec: &str) -> Result<Vec<Fault>, String> {
+    let mut out = Vec::new();
+    for part in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        match part {
+            "all" => out.extend(Fault::ALL),
+            "partitions" => out.extend([Fault::PartitionLeader, Fault::PartitionHalves, Fault::OneWay, Fault::Bridge]),
+            "crashes" => out.extend([Fault::Kill, Fault::KillLeader]),
+            "pauses" => out.extend([Fault::Pause, Fault::PauseLeader]),
+            "none" => {}
+            f => out.push(f.parse()?),
+        }
+    }
+    out.dedup();
+    Ok(out)
+}
+
+#[derive(Clone, Debug)]
+pub struct ChaosConfig {
+    pub binary: PathBuf,
+    pub nodes: u64,
+    pub duration: Duration,
+    pub faults: Vec<Fault>,
+    pub seed: u64,
+    pub clients: usize,
+    pub keys: usize,
+    pub out_dir: PathBuf,
+    /// Start the nodes with a deliberate bug (see `--unsafe-planted-bug`).
+    pub planted_bug: Option<String>,
+    /// Time budget of the linearizability search, per key.
+    pub check_budget: Duration,
+    pub extra_node_args: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// Done, with the effect recorded.
+    Ok,
+    /// Definitely had no effect (412, 503, refused connection, failed read).
+    Fail,
+    /// May or may not have had an effect (timeout, 504, connection lost).
+    Unknown,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct OpRecord {
+    pub id: usize,
+    pub client: usize,
+    pub node: u64,
+    pub key: String,
+    pub kind: &'static str,
+    pub value: Option<String>,
+    pub expect: Option<String>,
+    /// Reads: the value seen (`null` inside: key absent).
+    pub read: Option<Option<String>>,
+    pub invoke_us: u64,
+    pub complete_us: Option<u64>,
+    pub outcome: Outcome,
+    pub detail: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct FaultRecord {
+    pub fault: &'static str,
+    pub detail: String,
+    pub start_us: u64,
+    pub end_us: u64,
+    pub majority_connected: bool,
+}
+
+#[derive(Debug)]
+pub struct Report {
+    pub dir: PathBuf,
+    pub pass: bool,
+    pub summary: String,
+    pub verdicts: BTreeMap<String, Verdict>,
+    pub ops: usize,
+}
+
+struct Shared {
+    start: Instant,
+    history: Mutex<Vec<OpRecord>>,
+    stop: AtomicBool,
+    /// Times (µs) when a majority was not connected: (from, to).
+    degraded: Mutex<Vec<(u64, u64)>>,
+}
+
+impl Shared {
+    fn now(&self) -> u64 {
+        self.start.elapsed().as_micros() as u64
+    }
+}
+
+fn url_key(key: &str) -> String {
+    format!("/kv/{key}")
+}
+
+/// Classifies one HTTP exchange of a client operation.
+fn classify(res: &Result<crate::client::Response, ClientError>, is_read: bool) -> (Outcome, Option<serde_json::Value>, String) {
+    match res {
+        Ok(r) => {
+            let body = r.json();
+            let detail = format!("{} {}", r.status, body["code"].as_str().unwrap_or(""));
+            match r.status {
+                200 => (Outcome::Ok, Some(body), detail),
+                404 if is_read => (Outcome::Ok, Some(serde_json::Value::Null), detail),
+                412 if !is_read => (Outcome::Fail, None, detail),
+                // 503 promises the request was not carried out.
+                503 => (Outcome::Fail, None, detail),
+                504 if is_read => (Outcome::Fail, None, detail),
+                504 => (Outcome::Unknown, None, detail),
+                // Anything else is a bug in the client or the server.
+                _ => {
+                    let o = if is_read { Outcome::Fail } else { Outcome::Unknown };
+                    (o, None, format!("unexpected: {detail} {}", r.text()))
+                }
+            }
+        }
+        Err(e) if is_read || !e.was_sent() => (Outcome::Fail, None, e.to_string()),
+        Err(e) => (Outcome::Unknown, None, e.to_string()),
+    }
+}
+
+fn client_loop(id: usize, cfg: &ChaosConfig, cluster_addrs: &[String], shared: &Shared, seed: u64) {
+    let mut rng = SplitMix64(seed);
+    let http = HttpClient::new(Duration::from_secs(3));
+    let mut last_seen: BTreeMap<String, String> = BTreeMap::new();
+    let mut n = 0u64;
+    while !shared.stop.load(Ordering::Relaxed) {
+        n += 1;
+        let node = (rng.next() % cluster_addrs.len() as u64) as usize;
+        let addr = &cluster_addrs[node];
+        let key = format!("key{}", rng.next() % cfg.keys as u64);
+        let roll = rng.next() % 100;
+        let invoke = shared.now();
+        let mut rec = OpRecord {
+            id: 0,
+            client: id,
+            node: node as u64 + 1,
+            key: key.clone(),
+            kind: "read",
+            value: None,
+            expect: None,
+            read: None,
+            invoke_us: invoke,
+            complete_us: None,
+            outcome: Outcome::Fail,
+            detail: String::new(),
+        };
+        let (outcome, body, detail) = if roll < 45 {
+            let res = http.get(addr, &url_key(&key));
+            classify(&res, true)
+        } else if roll < 85 || !last_seen.contains_key(&key) {
+            let v = format!("c{id}-{n}");
+            rec.kind = "write";
+            rec.value = Some(v.clone());
+            let res = http.put_json(addr, &url_key(&key), &json!({"value": v}));
+            classify(&res, false)
+        } else {
+            let v = format!("c{id}-{n}");
+            let expect = last_seen[&key].clone();
+            rec.kind = "cas";
+            rec.value = Some(v.clone());
+            rec.expect = Some(expect.clone());
+            let res = http.put_json(addr, &url_key(&key), &json!({"value": v, "if_value": expect}));
+            classify(&res, false)
+        };
+        let complete = shared.now();
+        rec.outcome = outcome;
+        rec.detail = detail;
+        if outcome != Outcome::Unknown {
+            rec.complete_us = Some(complete);
+        }
+        if outcome == Outcome::Ok {
+            match rec.kind {
+                "read" => {
+                    let seen = body.and_then(|b| b["value"].as_str().map(str::to_string));
+                    if let Some(v) = &seen {
+                        last_seen.insert(key.clone(), v.clone());
+                    }
+                    rec.read = Some(seen);
+                }
+                _ => {
+                    last_seen.insert(key.clone(), rec.value.clone().unwrap());
+                }
+            }
+        }
+        shared.history.lock().unwrap().push(rec);
+    }
+}
+
+fn pick<T: Copy>(rng: &mut SplitMix64, items: &[T]) -> T {
+    items[(rng.next() % items.len() as u64) as usize]
+}
+
+/// Applies one fault; returns a description.
+fn inject(c: &mut ChaosCluster, fault: Fault, rng: &mut SplitMix64) -> String {
+    let ids = c.ids();
+    let leader = c.leader();
+    let any = |rng: &mut SplitMix64| pick(rng, &ids);
+    match fault {
+        Fault::Kill | Fault::KillLeader => {
+            let v = if fault == Fault::KillLeader { leader.unwrap_or_else(|| any(rng)) } else { any(rng) };
+            c.kill(v);
+            format!("kill -9 node {v}")
+        }
+        Fault::Pause | Fault::PauseLeader => {
+            let v = if fault == Fault::PauseLeader { leader.unwrap_or_else(|| any(rng)) } else { any(rng) };
+            c.pause(v);
+            format!("SIGSTOP node {v}")
+        }
+        Fault::PartitionLeader => {
+            let l = leader.unwrap_or_else(|| any(rng));
+            for &o in &ids {
+                c.block_both(l, o);
+            }
+            format!("isolate leader {l}")
+        }
+        Fault::PartitionHalves => {
+            let mut order = ids.clone();
+            for i in (1..order.len()).rev() {
+                order.swap(i, (rng.next() % (i as u64 + 1)) as usize);
+            }
+            let (minority, majority) = order.split_at(order.len() / 2);
+            for &a in minority {
+                for &b in majority {
+                    c.block_both(a, b);
+                }
+            }
+            format!("split {minority:?} | {majority:?}")
+        }
+        Fault::OneWay => {
+            let mut links = Vec::new();
+            for _ in 0..1 + rng.next() % 2 {
+                let (a, b) = (any(rng), any(rng));
+                if a != b {
+                    c.block(a, b);
+                    links.push(format!("{a}->{b}"));
+                }
+            }
+            format!("drop {}", links.join(", "))
+        }
+        Fault::Bridge => {
+            let mut order = ids.clone();
+            for i in (1..order.len()).rev() {
+                order.swap(i, (rng.next() % (i as u64 + 1)) as usize);
+            }
+            let bridge = order[0];
+            let rest = &order[1..];
+            let (left, right) = rest.split_at(rest.len() / 2);
+            for &a in left {
+                for &b in right {
+                    c.block_both(a, b);
+                }
+            }
+            format!("bridge {bridge} between {left:?} and {right:?}")
+        }
+        Fault::Combined => {
+            let first = inject(c, pick(rng, &[Fault::PartitionLeader, Fault::PartitionHalves, Fault::OneWay]), rng);
+            let second = inject(c, pick(rng, &[Fault::Kill, Fault::Pause]), rng);
+            format!("{first} + {second}")
+        }
+    }
+}
+
+fn nemesis(cluster: &Mutex<ChaosCluster>, cfg: &ChaosConfig, shared: &Shared, end: Instant) -> Vec<FaultRecord> {
+    let mut rng = SplitMix64(cfg.seed ^ 0x5eed);
+    let mut faults = Vec::new();
+    if cfg.faults.is_empty() {
+        return faults;
+    }
+    // A fault schedule is real time by nature: calm, fault, heal, repeat.
+    std::thread::sleep(Duration::from_millis(1000));
+    while Instant::now() + Duration::from_secs(2) < end {
+        let fault = pick(&mut rng, &cfg.faults);
+        let hold = Duration::from_millis(1000 + rng.next() % 3000);
+        let (detail, majority, start) = {
+            let mut c = cluster.lock().unwrap();
+            let start = shared.now();
+            let detail = inject(&mut c, fault, &mut rng);
+            (detail, c.majority_connected(), start)
+        };
+        std::thread::sleep(hold.min(end.saturating_duration_since(Instant::now())));
+        let end_us = {
+            let mut c = cluster.lock().unwrap();
+            if let Err(e) = c.heal_all() {
+                eprintln!("nemesis: could not restart a node: {e}");
+            }
+            shared.now()
+        };
+        if !majority {
+            shared.degraded.lock().unwrap().push((start, end_us));
+        }
+        faults.push(FaultRecord { fault: fault.name(), detail, start_us: start, end_us, majority_connected: majority });
+        std::thread::sleep(Duration::from_millis(500 + rng.next() % 1500).min(end.saturating_duration_since(Instant::now())));
+    }
+    faults
+}
+
+/// Turns a key's records into the checker's history.
+fn history_of(records: &[&OpRecord]) -> Vec<HistoryOp> {
+    records
+        .iter()
+        .filter(|r| r.outcome != Outcome::Fail)
+        .map(|r| HistoryOp {
+            id: r.id,
+            call: r.invoke_us,
+            ret: r.complete_us,
+            action: match r.kind {
+                "read" => Action::Read(r.read.clone().flatten()),
+                "write" => Action::Write(r.value.clone().unwrap()),
+                _ => Action::Cas { expect: r.expect.clone().unwrap(), new: r.value.clone().unwrap() },
+            },
+        })
+        .collect()
+}
+
+fn fmt_op(r: &OpRecord) -> String {
+    let what = match r.kind {
+        "read" => format!("read -> {}", r.read.as_ref().map_or("?".into(), |v| v.clone().unwrap_or_else(|| "(absent)".into()))),
+        "write" => format!("write {}", r.value.as_deref().unwrap_or("")),
+        _ => format!("cas {} -> {}", r.expect.as_deref().unwrap_or(""), r.value.as_deref().unwrap_or("")),
+    };
+    let done = r.complete_us.map_or("   (unknown)".to_string(), |c| format!("{:>12.3}", c as f64 / 1e3));
+    format!("  op {:>6}  client {:>2}  node {}  {:>12.3} .. {done} ms  {:?}  {what}", r.id, r.client, r.node, r.invoke_us as f64 / 1e3, r.outcome)
+}
+
+/// Runs one chaos test and writes its history, faults, logs and summary to
+/// `cfg.out_dir`.
+pub fn run(cfg: &ChaosConfig) -> Result<Report, String> {
+    if cfg.faults.iter().any(|f| f.needs_iptables()) {
+        let ok = std::process::Command::new("iptables").arg("-S").output().is_ok_and(|o| o.status.success());
+        if !ok {
+            return Err("partition faults need iptables and root (scripts/install-deps.sh test installs it)".into());
+        }
+        remove_stale_rules("raftkv-chaos-");
+    }
+    if cfg.nodes < 3 || cfg.nodes > 9 {
+        return Err("--nodes must be between 3 and 9".into());
+    }
+    fs::create_dir_all(&cfg.out_dir).map_err(|e| format!("{}: {e}", cfg.out_dir.display()))?;
+    let pid = std::process::id();
+    let net = (20 + (pid % 200) as u8, 251 + (cfg.seed % 4) as u8);
+    let mut args = vec!["--request-timeout-ms".to_string(), "1500".into(), "--log".into(), "info".into()];
+    if let Some(bug) = &cfg.planted_bug {
+        args.push("--unsafe-planted-bug".into());
+        args.push(bug.clone());
+    }
+    args.extend(cfg.extra_node_args.iter().cloned());
+    let mut cluster = ChaosCluster::new(&cfg.binary, cfg.nodes, &cfg.out_dir, net, args).map_err(|e| e.to_string())?;
+    for id in cluster.ids() {
+        cluster.start(id).map_err(|e| format!("starting node {id}: {e}"))?;
+    }
+    if !cluster.wait_ready(Duration::from_secs(20)) {
+        return Err(format!("the cluster did not become ready; logs in {}", cfg.out_dir.display()));
+    }
+    let addrs: Vec<String> = cluster.ids().iter().map(|&id| cluster.addr(id)).collect();
+    let cluster = Mutex::new(cluster);
+    let shared = Shared {
+        start: Instant::now(),
+        history: Mutex::new(Vec::new()),
+        stop: AtomicBool::new(false),
+        degraded: Mutex::new(Vec::new()),
+    };
+    let end = Instant::now() + cfg.duration;
+    let faults = std::thread::scope(|s| {
+        for c in 0..cfg.clients {
+            let (addrs, shared) = (&addrs, &shared);
+            let seed = cfg.seed.wrapping_mul(31).wrapping_add(c as u64 + 1);
+            s.spawn(move || client_loop(c, cfg, addrs, shared, seed));
+        }
+        let faults = nemesis(&cluster, cfg, &shared, end);
+        std::thread::sleep(end.saturating_duration_since(Instant::now()));
+        shared.stop.store(true, Ordering::Relaxed);
+        faults
+    });
+
+    // Heal everything and read every key back through every node.
+    let mut c = cluster.into_inner().unwrap();
+    c.heal_all().map_err(|e| e.to_string())?;
+    let ready = c.wait_ready(Duration::from_secs(30));
+    let http = HttpClient::new(Duration::from_secs(3));
+    let mut final_reads_ok = ready;
+    for k in 0..cfg.keys {
+        let key = format!("key{k}");
+        for id in c.ids() {
+            let mut done = false;
+            for _ in 0..50 {
+                let invoke = shared.now();
+                let res = http.get(&c.addr(id), &url_key(&key));
+                let (outcome, body, detail) = classify(&res, true);
+                if outcome == Outcome::Ok {
+                    let complete = shared.now();
+                    let seen = body.and_then(|b| b["value"].as_str().map(str::to_string));
+                    shared.history.lock().unwrap().push(OpRecord {
+                        id: 0,
+                        client: usize::MAX,
+                        node: id,
+                        key: key.clone(),
+                        kind: "read",
+                        value: None,
+                        expect: None,
+                        read: Some(seen),
+                        invoke_us: invoke,
+                        complete_us: Some(complete),
+                        outcome,
+                        detail,
+                    });
+                    done = true;
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            final_reads_ok &= done;
+        }
+    }
+    drop(c);
+
+    let mut history = shared.history.into_inner().unwrap();
+    history.sort_by_key(|r| r.invoke_us);
+    for (i, r) in history.iter_mut().enumerate() {
+        r.id = i;
+    }
+    let degraded = shared.degraded.into_inner().unwrap();
+
+    // Check each key.
+    let mut verdicts = BTreeMap::new();
+    for k in 0..cfg.keys {
+        let key = format!("key{k}");
+        let records: Vec<&OpRecord> = history.iter().filter(|r| r.key == key).collect();
+        verdicts.insert(key, checker::check(&history_of(&records), cfg.check_budget));
+    }
+
+    // Files.
+    let mut lines = String::new();
+    for r in &history {
+        lines.push_str(&serde_json::to_string(r).unwrap());
+        lines.push('\n');
+    }
+    fs::write(cfg.out_dir.join("history.jsonl"), lines).map_err(|e| e.to_string())?;
+    let fl: String = faults.iter().map(|f| serde_json::to_string(f).unwrap() + "\n").collect();
+    fs::write(cfg.out_dir.join("faults.jsonl"), fl).map_err(|e| e.to_string())?;
+
+    // Summary.
+    let count = |kind: Option<&str>, o: Outcome| history.iter().filter(|r| kind.is_none_or(|k| r.kind == k) && r.outcome == o).count();
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "chaos run: {} nodes, {:?}, seed {}, {} clients on {} keys, faults [{}]{}",
+        cfg.nodes,
+        cfg.duration,
+        cfg.seed,
+        cfg.clients,
+        cfg.keys,
+        cfg.faults.iter().map(|f| f.name()).collect::<Vec<_>>().join(","),
+        cfg.planted_bug.as_ref().map_or(String::new(), |b| format!(", PLANTED BUG {b}"))
+    );
+    let _ = writeln!(s, "operations: {} total", history.len());
+    for kind in ["read", "write", "cas"] {
+        let _ = writeln!(
+            s,
+            "  {kind:<6} ok {:>6}  failed {:>6}  unknown {:>6}",
+            count(Some(kind), Outcome::Ok),
+            count(Some(kind), Outcome::Fail),
+            count(Some(kind), Outcome::Unknown)
+        );
+    }
+    let unexpected = history.iter().filter(|r| r.detail.starts_with("unexpected")).count();
+    let during_majority: Vec<&OpRecord> = history
+        .iter()
+        .filter(|r| r.client != usize::MAX && !degraded.iter().any(|&(a, b)| r.invoke_us >= a && r.invoke_us <= b))
+        .collect();
+    let avail_ok = during_majority.iter().filter(|r| r.outcome == Outcome::Ok).count();
+    let _ = writeln!(
+        s,
+        "availability while a majority was connected: {avail_ok}/{} = {:.1}% of operations succeeded",
+        during_majority.len(),
+        100.0 * avail_ok as f64 / during_majority.len().max(1) as f64
+    );
+    let mut by_fault: BTreeMap<&str, usize> = BTreeMap::new();
+    for f in &faults {
+        *by_fault.entry(f.fault).or_default() += 1;
+    }
+    let _ = writeln!(
+        s,
+        "faults injected: {} ({})",
+        faults.len(),
+        by_fault.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ")
+    );
+    let _ = writeln!(s, "final reads after healing: {}", if final_reads_ok { "every key read from every node" } else { "FAILED" });
+    let mut pass = final_reads_ok && unexpected == 0;
+    if unexpected > 0 {
+        let _ = writeln!(s, "unexpected responses: {unexpected} (see history.jsonl, detail starting with 'unexpected')");
+    }
+    for (key, v) in &verdicts {
+        match v {
+            Verdict::Linearizable => {
+                let _ = writeln!(s, "{key}: linearizable");
+            }
+            Verdict::Unknown => {
+                let _ = writeln!(s, "{key}: unknown (checker out of time after {:?})", cfg.check_budget);
+            }
+            Verdict::Violation { witness, window } => {
+                pass = false;
+                let _ = writeln!(s, "{key}: NOT LINEARIZABLE — no order of these operations explains op {witness}:");
+                for id in window {
+                    let _ = writeln!(s, "{}", fmt_op(&history[*id]));
+                }
+            }
+        }
+    }
+    let _ = writeln!(s, "verdict: {}", if pass { "PASS" } else { "FAIL" });
+    let _ = writeln!(s, "history, faults and node logs: {}", cfg.out_dir.display());
+    fs::write(cfg.out_dir.join("summary.txt"), &s).map_err(|e| e.to_string())?;
+    Ok(Report { dir: cfg.out_dir.clone(), pass, summary: s, verdicts, ops: history.len() })
+}
