@@ -56,3 +56,13 @@ quiet: build
 	$(CTL) --endpoints $(ENDPOINTS) log set info
 log: build
 	$(CTL) --endpoints $(ENDPOINTS) log get
+
+# Fault injection against real clusters with a linearizability check
+# (needs root for iptables). Examples:
+#   make chaos CHAOS_ARGS="--time 300 --nodes 5 --faults all --seed 7"
+#   make chaos CHAOS_ARGS="--faults partitions --unsafe-planted-bug local-reads"   # must FAIL
+CHAOS_ARGS ?= --time 60 --nodes 3 --faults all
+.PHONY: chaos
+chaos: build
+	@scripts/install-deps.sh test
+	target/release/raftkv-chaos $(CHAOS_ARGS)
