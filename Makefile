@@ -66,3 +66,10 @@ CHAOS_ARGS ?= --time 60 --nodes 3 --faults all
 chaos: build
 	@scripts/install-deps.sh test
 	target/release/raftkv-chaos $(CHAOS_ARGS)
+
+# raftkv vs etcd (Debian etcd-server) on this machine with wrk; appends the
+# results to BENCHMARKS.md. BENCH_QUICK=1 for a short run.
+.PHONY: bench
+bench: build
+	@scripts/install-deps.sh bench
+	target/release/raftkv-bench

@@ -1,0 +1,502 @@
+//! `raftkv-bench` (`make bench`): raftkv and etcd side by side on this
+//! machine, driven by the same `wrk` load, plus a ceiling (one actix-web
+//! process over a HashMap, no replication, no fsync) and the time from
+//! `kill -9` of the leader to the first acknowledged write.
+//!
+//! Both clusters are 3 members on loopback with their default durability
+//! (every acknowledged write fsynced on a majority); the load goes to each
+//! system's leader. 100-byte values on 10,000 random keys.
+//! `BENCH_QUICK=1` (or `--quick`) runs short.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::fs;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use raftkv::client::HttpClient;
+use serde_json::{Value, json};
+
+#[derive(Parser, Debug)]
+#[command(name = "raftkv-bench", about = "raftkv vs etcd on this machine, side by side")]
+struct Args {
+    /// Short runs (also BENCH_QUICK=1).
+    #[arg(long, env = "BENCH_QUICK", value_parser = clap::builder::BoolishValueParser::new(), default_value = "false")]
+    quick: bool,
+    /// Seconds per wrk run (default 10, quick 3).
+    #[arg(long)]
+    seconds: Option<u64>,
+    /// Leader kills for the recovery measurement (default 5, quick 3).
+    #[arg(long)]
+    kills: Option<usize>,
+    /// Markdown file the results are appended to ("-": none).
+    #[arg(long, default_value = "BENCHMARKS.md")]
+    report: PathBuf,
+    /// Leave etcd out (if it cannot be installed).
+    #[arg(long)]
+    no_etcd: bool,
+    /// Only raftkv (no etcd, no ceiling): for A/B runs of raftkv settings.
+    #[arg(long)]
+    only_raftkv: bool,
+    /// Extra flags for every raftkv node, e.g. "--max-inflight 1".
+    #[arg(long, default_value = "", allow_hyphen_values = true)]
+    raftkv_args: String,
+    /// A heading for this run in the report.
+    #[arg(long, default_value = "")]
+    label: String,
+}
+
+const KEYS: u32 = 10_000;
+const VALUE_LEN: usize = 100;
+
+/// A child process killed when dropped.
+struct Proc {
+    child: Option<Child>,
+}
+
+impl Proc {
+    fn spawn(name: &str, cmd: &mut Command, log: &Path) -> Proc {
+        let f = fs::File::create(log).expect("log file");
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(f.try_clone().unwrap())
+            .stderr(f)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        Proc { child: Some(child) }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, |c| c.id())
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// utime + stime of a process, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
+    let after = &stat[stat.rfind(')').map_or(0, |i| i + 2)..];
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = f.get(11).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
+    ticks / 100.0
+}
+
+fn b64(input: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in input.chunks(3) {
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+enum System {
+    Raftkv,
+    Etcd,
+    Ceiling,
+}
+
+impl System {
+    fn name(self) -> &'static str {
+        match self {
+            System::Raftkv => "raftkv",
+            System::Etcd => "etcd 3.4",
+            System::Ceiling => "ceiling",
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+enum Load {
+    Put,
+    GetLinearizable,
+    GetStale,
+}
+
+impl Load {
+    fn name(self) -> &'static str {
+        match self {
+            Load::Put => "PUT",
+            Load::GetLinearizable => "GET linearizable",
+            Load::GetStale => "GET stale/serializable",
+        }
+    }
+}
+
+const WRK_DONE: &str = r#"
+done = function(summary, latency, requests)
+  io.write(string.format('BENCH_JSON {"requests":%d,"duration_us":%d,"status_errors":%d,"socket_errors":%d,"p50":%d,"p99":%d,"p999":%d}\n',
+    summary.requests, summary.duration, summary.errors.status,
+    summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,
+    latency:percentile(50), latency:percentile(99), latency:percentile(99.9)))
+end
+function init(args)
+  math.randomseed(os.time() + tonumber(string.match(tostring({}), "0x(%x+)") or "1", 16) % 1000003)
+end
+"#;
+
+fn wrk_script(sys: System, load: Load) -> String {
+    let value = "x".repeat(VALUE_LEN);
+    let mut s = String::new();
+    match sys {
+        System::Raftkv | System::Ceiling => {
+            let _ = writeln!(s, "local hdr = {{[\"Content-Type\"] = \"application/json\"}}");
+            let _ = writeln!(s, "local body = '{{\"value\":\"{value}\"}}'");
+            let req = match load {
+                Load::Put => "wrk.format('PUT', '/kv/key' .. math.random(1, KEYS), hdr, body)",
+                Load::GetLinearizable => "wrk.format('GET', '/kv/key' .. math.random(1, KEYS))",
+                Load::GetStale => "wrk.format('GET', '/kv/key' .. math.random(1, KEYS) .. '?consistency=stale')",
+            };
+            let _ = writeln!(s, "KEYS = {KEYS}\nrequest = function() return {req} end");
+        }
+        System::Etcd => {
+            let keys: Vec<String> = (1..=KEYS).map(|k| format!("\"{}\"", b64(format!("key{k}").as_bytes()))).collect();
+            let _ = writeln!(s, "local keys = {{{}}}", keys.join(","));
+            let _ = writeln!(s, "local value = \"{}\"", b64(value.as_bytes()));
+            let _ = writeln!(s, "local hdr = {{[\"Content-Type\"] = \"application/json\"}}");
+            let req = match load {
+                Load::Put => {
+                    "wrk.format('POST', '/v3/kv/put', hdr, '{\"key\":\"' .. keys[math.random(1, #keys)] .. '\",\"value\":\"' .. value .. '\"}')"
+                }
+                Load::GetLinearizable => "wrk.format('POST', '/v3/kv/range', hdr, '{\"key\":\"' .. keys[math.random(1, #keys)] .. '\"}')",
+                Load::GetStale => {
+                    "wrk.format('POST', '/v3/kv/range', hdr, '{\"key\":\"' .. keys[math.random(1, #keys)] .. '\",\"serializable\":true}')"
+                }
+            };
+            let _ = writeln!(s, "request = function() return {req} end");
+        }
+    }
+    s.push_str(WRK_DONE);
+    s
+}
+
+#[derive(Clone, Debug, Default)]
+struct Measure {
+    rps: f64,
+    p50_us: f64,
+    p99_us: f64,
+    p999_us: f64,
+    cpu_us_per_op: f64,
+    errors: u64,
+}
+
+impl Measure {
+    /// req/s, p50, p99, p99.9 (ms), CPU µs/op, errors — formatted.
+    fn cells(&self) -> [String; 6] {
+        [
+            format!("{:.0}", self.rps),
+            fmt_ms(self.p50_us),
+            fmt_ms(self.p99_us),
+            fmt_ms(self.p999_us),
+            format!("{:.0}", self.cpu_us_per_op),
+            self.errors.to_string(),
+        ]
+    }
+}
+
+struct Target {
+    sys: System,
+    addr: String,
+    pids: Vec<u32>,
+}
+
+fn run_wrk(dir: &Path, t: &Target, load: Load, conns: u32, secs: u64) -> Measure {
+    let script = dir.join(format!("{}-{:?}.lua", t.sys.name().replace(' ', "_"), load));
+    fs::write(&script, wrk_script(t.sys, load)).unwrap();
+    let cpu_before: f64 = t.pids.iter().map(|&p| cpu_seconds(p)).sum();
+    let out = Command::new("wrk")
+        .args(["-t", &conns.min(2).to_string(), "-c", &conns.to_string(), "-d", &format!("{secs}s"), "--latency"])
+        .arg("-s")
+        .arg(&script)
+        .arg(format!("http://{}", t.addr))
+        .output()
+        .expect("wrk (Debian package wrk); run scripts/install-deps.sh bench");
+    let cpu_after: f64 = t.pids.iter().map(|&p| cpu_seconds(p)).sum();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().find_map(|l| l.strip_prefix("BENCH_JSON ")).unwrap_or_else(|| panic!("wrk output:\n{text}"));
+    let v: Value = serde_json::from_str(line).unwrap();
+    let requests = v["requests"].as_f64().unwrap();
+    let dur = v["duration_us"].as_f64().unwrap() / 1e6;
+    Measure {
+        rps: requests / dur,
+        p50_us: v["p50"].as_f64().unwrap(),
+        p99_us: v["p99"].as_f64().unwrap(),
+        p999_us: v["p999"].as_f64().unwrap(),
+        cpu_us_per_op: (cpu_after - cpu_before) * 1e6 / requests.max(1.0),
+        errors: v["status_errors"].as_u64().unwrap() + v["socket_errors"].as_u64().unwrap(),
+    }
+}
+
+fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn raftkv_leader(http: &HttpClient, addrs: &[String]) -> Option<usize> {
+    addrs
+        .iter()
+        .position(|a| http.get(a, "/status").is_ok_and(|r| r.status == 200 && r.json()["role"] == "leader"))
+}
+
+fn etcd_leader(http: &HttpClient, addrs: &[String]) -> Option<usize> {
+    addrs.iter().position(|a| {
+        http.request(a, "POST", "/v3/maintenance/status", Some(b"{}")).is_ok_and(|r| {
+            let v = r.json();
+            r.status == 200 && v["leader"].is_string() && v["leader"] == v["header"]["member_id"]
+        })
+    })
+}
+
+/// Writes all keys once so that reads find them.
+fn preload(sys: System, addr: &str) {
+    let value = "x".repeat(VALUE_LEN);
+    std::thread::scope(|s| {
+        for t in 0..8u32 {
+            let value = &value;
+            s.spawn(move || {
+                let http = HttpClient::new(Duration::from_secs(10));
+                for k in (1..=KEYS).filter(|k| k % 8 == t) {
+                    let key = format!("key{k}");
+                    let r = match sys {
+                        System::Etcd => {
+                            let body = json!({"key": b64(key.as_bytes()), "value": b64(value.as_bytes())});
+                            http.request(addr, "POST", "/v3/kv/put", Some(body.to_string().as_bytes()))
+                        }
+                        _ => http.put_json(addr, &format!("/kv/{key}"), &json!({"value": value})),
+                    };
+                    assert!(r.is_ok_and(|r| r.status == 200), "preload of {key} on {}", sys.name());
+                }
+            });
+        }
+    });
+}
+
+fn fmt_ms(us: f64) -> String {
+    format!("{:.2}", us / 1000.0)
+}
+
+fn main() {
+    let args = Args::parse();
+    let secs = args.seconds.unwrap_or(if args.quick { 3 } else { 10 });
+    let kills = args.kills.unwrap_or(if args.quick { 3 } else { 5 });
+    let bin = std::env::current_exe().unwrap().with_file_name("raftkv");
+    let ceiling_bin = std::env::current_exe().unwrap().with_file_name("raftkv-ceiling");
+    let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let dir = PathBuf::from(format!("target/bench/{stamp}"));
+    fs::create_dir_all(&dir).unwrap();
+    let http = HttpClient::new(Duration::from_secs(2));
+    let use_etcd = !args.no_etcd && !args.only_raftkv;
+    if use_etcd {
+        assert!(
+            Command::new("etcd").arg("--version").output().is_ok(),
+            "etcd is not installed: scripts/install-deps.sh bench (or --no-etcd)"
+        );
+    }
+
+    // --- raftkv: 3 nodes, default settings ---
+    let raft_addrs: Vec<String> = (1..=3).map(|i| format!("127.0.0.1:1800{i}")).collect();
+    let raft_cmd = |i: usize| {
+        let peers: Vec<String> = (1..=3).filter(|&j| j != i).map(|j| format!("{j}={}", raft_addrs[j - 1])).collect();
+        let mut c = Command::new(&bin);
+        c.args(["--id", &i.to_string(), "--listen", &raft_addrs[i - 1], "--peers", &peers.join(",")])
+            .arg("--data-dir")
+            .arg(dir.join(format!("raftkv{i}")))
+            .args(args.raftkv_args.split_whitespace())
+            .env_remove("RUST_LOG");
+        c
+    };
+    let mut raft: Vec<Proc> =
+        (1..=3).map(|i| Proc::spawn(&format!("raftkv{i}"), &mut raft_cmd(i), &dir.join(format!("raftkv{i}.log")))).collect();
+
+    // --- etcd: 3 members, default fsync ---
+    let etcd_addrs: Vec<String> = (1..=3).map(|i| format!("127.0.0.1:{i}2379")).collect();
+    let cluster: Vec<String> = (1..=3).map(|i| format!("e{i}=http://127.0.0.1:{i}2380")).collect();
+    let _etcd: Vec<Proc> = if use_etcd {
+        (1..=3)
+            .map(|i| {
+                let mut c = Command::new("etcd");
+                c.args(["--name", &format!("e{i}")])
+                    .arg("--data-dir")
+                    .arg(dir.join(format!("etcd{i}")))
+                    .args(["--listen-client-urls", &format!("http://{}", etcd_addrs[i - 1])])
+                    .args(["--advertise-client-urls", &format!("http://{}", etcd_addrs[i - 1])])
+                    .args(["--listen-peer-urls", &format!("http://127.0.0.1:{i}2380")])
+                    .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{i}2380")])
+                    .args(["--initial-cluster", &cluster.join(","), "--initial-cluster-token", "raftkv-bench"])
+                    .args(["--initial-cluster-state", "new", "--log-level", "warn", "--logger", "zap"]);
+                Proc::spawn(&format!("etcd{i}"), &mut c, &dir.join(format!("etcd{i}.log")))
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let _ceiling = (!args.only_raftkv).then(|| Proc::spawn(
+        "ceiling",
+        Command::new(&ceiling_bin).args(["--listen", "127.0.0.1:18100"]),
+        &dir.join("ceiling.log"),
+    ));
+
+    eprintln!("waiting for leaders...");
+    wait_until("a raftkv leader", Duration::from_secs(20), || raftkv_leader(&http, &raft_addrs).is_some());
+    if use_etcd {
+        wait_until("an etcd leader", Duration::from_secs(30), || etcd_leader(&http, &etcd_addrs).is_some());
+    }
+    if _ceiling.is_some() {
+        wait_until("the ceiling", Duration::from_secs(10), || http.get("127.0.0.1:18100", "/health").is_ok());
+    }
+    let rl = raftkv_leader(&http, &raft_addrs).unwrap();
+    let mut targets = vec![Target {
+        sys: System::Raftkv,
+        addr: raft_addrs[rl].clone(),
+        pids: raft.iter().map(Proc::pid).collect(),
+    }];
+    if use_etcd {
+        let el = etcd_leader(&http, &etcd_addrs).unwrap();
+        targets.push(Target { sys: System::Etcd, addr: etcd_addrs[el].clone(), pids: _etcd.iter().map(Proc::pid).collect() });
+    }
+    if let Some(c) = &_ceiling {
+        targets.push(Target { sys: System::Ceiling, addr: "127.0.0.1:18100".into(), pids: vec![c.pid()] });
+    }
+
+    eprintln!("preloading {KEYS} keys into each system...");
+    for t in &targets {
+        preload(t.sys, &t.addr);
+        run_wrk(&dir, t, Load::Put, 16, 2); // warm-up, not recorded
+    }
+
+    let scenarios: Vec<(Load, u32)> = vec![
+        (Load::Put, 1),
+        (Load::Put, 16),
+        (Load::Put, 64),
+        (Load::Put, 256),
+        (Load::GetLinearizable, 64),
+        (Load::GetStale, 64),
+    ];
+    let mut results: BTreeMap<(Load, u32, System), Measure> = BTreeMap::new();
+    for &(load, conns) in &scenarios {
+        for t in &targets {
+            if t.sys == System::Ceiling && load == Load::GetStale {
+                continue; // the ceiling has only one kind of read
+            }
+            eprintln!("{} {} c={conns} ...", t.sys.name(), load.name());
+            let m = run_wrk(&dir, t, load, conns, secs);
+            let [rps, p50, p99, p999, cpu, errors] = m.cells();
+            eprintln!("  {rps} req/s, p50 {p50} ms, p99 {p99} ms, p99.9 {p999} ms, {cpu} µs CPU/op, {errors} errors");
+            results.insert((load, conns, t.sys), m);
+        }
+    }
+
+    // --- recovery: kill -9 the leader, time the first acknowledged write ---
+    let mut recoveries = Vec::new();
+    for k in 0..kills {
+        let leader = raftkv_leader(&http, &raft_addrs).expect("a leader");
+        let survivor = (leader + 1) % 3;
+        let writer = HttpClient::new(Duration::from_secs(3));
+        let killed_at = Instant::now();
+        raft[leader].kill();
+        let mut n = 0;
+        let took = loop {
+            n += 1;
+            let r = writer.put_json(&raft_addrs[survivor], &format!("/kv/recovery{k}-{n}"), &json!({"value": "v"}));
+            if r.is_ok_and(|r| r.status == 200) {
+                break killed_at.elapsed();
+            }
+            assert!(killed_at.elapsed() < Duration::from_secs(30), "no write acknowledged 30 s after the kill");
+            std::thread::sleep(Duration::from_millis(2));
+        };
+        eprintln!("kill -9 leader {} -> first acknowledged write after {} ms", leader + 1, took.as_millis());
+        recoveries.push(took);
+        raft[leader] = Proc::spawn(&format!("raftkv{}", leader + 1), &mut raft_cmd(leader + 1), &dir.join(format!("raftkv{}-{k}.log", leader + 1)));
+        wait_until("the cluster to be ready again", Duration::from_secs(30), || {
+            raft_addrs.iter().all(|a| http.get(a, "/ready").is_ok_and(|r| r.status == 200))
+        });
+    }
+    recoveries.sort();
+    let median = recoveries[recoveries.len() / 2];
+    let max = *recoveries.last().unwrap();
+
+    // --- report ---
+    let cpu = fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .unwrap_or_default();
+    let mut md = String::new();
+    let date = Command::new("date").arg("-u").arg("+%Y-%m-%d %H:%M UTC").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
+    let _ = writeln!(md, "\n## Run of {date}\n");
+    if !args.label.is_empty() {
+        let _ = writeln!(md, "**{}**\n", args.label);
+    }
+    let _ = writeln!(
+        md,
+        "`make bench{}`{} — {} s per load, {} cores ({cpu}), raftkv {} vs etcd 3.4.23 (Debian), 3 members each on loopback, \
+         load to each leader, 100-byte values, {KEYS} random keys. CPU is server CPU (all members) per operation.\n",
+        if args.quick { " BENCH_QUICK=1" } else { "" },
+        if args.raftkv_args.is_empty() { String::new() } else { format!(" (raftkv nodes with `{}`)", args.raftkv_args) },
+        secs,
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        env!("CARGO_PKG_VERSION")
+    );
+    let _ = writeln!(md, "| load | conns | system | req/s | p50 ms | p99 ms | p99.9 ms | CPU µs/op | errors | raftkv / etcd |");
+    let _ = writeln!(md, "|---|---|---|---:|---:|---:|---:|---:|---:|---|");
+    for &(load, conns) in &scenarios {
+        let r = results.get(&(load, conns, System::Raftkv));
+        let e = results.get(&(load, conns, System::Etcd));
+        for t in &targets {
+            let Some(m) = results.get(&(load, conns, t.sys)) else { continue };
+            let ratio = match (t.sys, r, e) {
+                (System::Raftkv, Some(r), Some(e)) => format!(
+                    "{:.2}× throughput, p50 {:.2}×, p99 {:.2}×",
+                    r.rps / e.rps,
+                    r.p50_us / e.p50_us,
+                    r.p99_us / e.p99_us
+                ),
+                _ => String::new(),
+            };
+            let cells = m.cells().join(" | ");
+            let _ = writeln!(md, "| {} | {conns} | {} | {cells} | {ratio} |", load.name(), t.sys.name());
+        }
+    }
+    let _ = writeln!(
+        md,
+        "\nLeader `kill -9` → first acknowledged write (default settings, {} kills): median {} ms, max {} ms ({}).",
+        recoveries.len(),
+        median.as_millis(),
+        max.as_millis(),
+        recoveries.iter().map(|d| format!("{}", d.as_millis())).collect::<Vec<_>>().join(", ")
+    );
+    print!("{md}");
+    if args.report.as_os_str() != "-" {
+        let mut f = fs::OpenOptions::new().create(true).append(true).open(&args.report).unwrap();
+        f.write_all(md.as_bytes()).unwrap();
+        eprintln!("appended to {}", args.report.display());
+    }
+    eprintln!("logs and scripts in {}", dir.display());
+}
