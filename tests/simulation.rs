@@ -39,17 +39,17 @@ const KEYS: u64 = 3;
 struct Rng(SplitMix64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0.next()
+    fn next_u64(&mut self) -> u64 {
+        self.0.next_u64()
     }
     fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
+        self.next_u64() % n.max(1)
     }
     fn range(&mut self, lo: u64, hi: u64) -> u64 {
         lo + self.below(hi - lo + 1)
     }
     fn chance(&mut self, p: f64) -> bool {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64 <= p
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64 <= p
     }
 }
 
@@ -261,7 +261,7 @@ impl Sim {
             max_append_bytes: 64,
             pre_vote: true,
             check_quorum: true,
-            seed: self.rng.next(),
+            seed: self.rng.next_u64(),
         }
     }
 

@@ -160,7 +160,7 @@ fn search(ops: &[HistoryOp], deadline: Instant) -> Result<bool, ()> {
     let mut iterations = 0u64;
     while entry != NONE {
         iterations += 1;
-        if iterations % 4096 == 0 && Instant::now() > deadline {
+        if iterations.is_multiple_of(4096) && Instant::now() > deadline {
             return Err(());
         }
         let e = list[entry];

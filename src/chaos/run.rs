@@ -216,10 +216,10 @@ fn client_loop(id: usize, cfg: &ChaosConfig, cluster_addrs: &[String], shared: &
     let mut n = 0u64;
     while !shared.stop.load(Ordering::Relaxed) {
         n += 1;
-        let node = (rng.next() % cluster_addrs.len() as u64) as usize;
+        let node = (rng.next_u64() % cluster_addrs.len() as u64) as usize;
         let addr = &cluster_addrs[node];
-        let key = format!("key{}", rng.next() % cfg.keys as u64);
-        let roll = rng.next() % 100;
+        let key = format!("key{}", rng.next_u64() % cfg.keys as u64);
+        let roll = rng.next_u64() % 100;
         let invoke = shared.now();
         let mut rec = OpRecord {
             id: 0,
@@ -278,7 +278,7 @@ fn client_loop(id: usize, cfg: &ChaosConfig, cluster_addrs: &[String], shared: &
 }
 
 fn pick<T: Copy>(rng: &mut SplitMix64, items: &[T]) -> T {
-    items[(rng.next() % items.len() as u64) as usize]
+    items[(rng.next_u64() % items.len() as u64) as usize]
 }
 
 /// Applies one fault; returns a description.
@@ -307,7 +307,7 @@ fn inject(c: &mut ChaosCluster, fault: Fault, rng: &mut SplitMix64) -> String {
         Fault::PartitionHalves => {
             let mut order = ids.clone();
             for i in (1..order.len()).rev() {
-                order.swap(i, (rng.next() % (i as u64 + 1)) as usize);
+                order.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
             }
             let (minority, majority) = order.split_at(order.len() / 2);
             for &a in minority {
@@ -319,7 +319,7 @@ fn inject(c: &mut ChaosCluster, fault: Fault, rng: &mut SplitMix64) -> String {
         }
         Fault::OneWay => {
             let mut links = Vec::new();
-            for _ in 0..1 + rng.next() % 2 {
+            for _ in 0..1 + rng.next_u64() % 2 {
                 let (a, b) = (any(rng), any(rng));
                 if a != b {
                     c.block(a, b);
@@ -331,7 +331,7 @@ fn inject(c: &mut ChaosCluster, fault: Fault, rng: &mut SplitMix64) -> String {
         Fault::Bridge => {
             let mut order = ids.clone();
             for i in (1..order.len()).rev() {
-                order.swap(i, (rng.next() % (i as u64 + 1)) as usize);
+                order.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
             }
             let bridge = order[0];
             let rest = &order[1..];
@@ -361,7 +361,7 @@ fn nemesis(cluster: &Mutex<ChaosCluster>, cfg: &ChaosConfig, shared: &Shared, en
     std::thread::sleep(Duration::from_millis(1000));
     while Instant::now() + Duration::from_secs(2) < end {
         let fault = pick(&mut rng, &cfg.faults);
-        let hold = Duration::from_millis(1000 + rng.next() % 3000);
+        let hold = Duration::from_millis(1000 + rng.next_u64() % 3000);
         let (detail, majority, start) = {
             let mut c = cluster.lock().unwrap();
             let start = shared.now();
@@ -380,7 +380,7 @@ fn nemesis(cluster: &Mutex<ChaosCluster>, cfg: &ChaosConfig, shared: &Shared, en
             shared.degraded.lock().unwrap().push((start, end_us));
         }
         faults.push(FaultRecord { fault: fault.name(), detail, start_us: start, end_us, majority_connected: majority });
-        std::thread::sleep(Duration::from_millis(500 + rng.next() % 1500).min(end.saturating_duration_since(Instant::now())));
+        std::thread::sleep(Duration::from_millis(500 + rng.next_u64() % 1500).min(end.saturating_duration_since(Instant::now())));
     }
     faults
 }

@@ -127,7 +127,7 @@ impl Ready {
 pub struct SplitMix64(pub u64);
 
 impl SplitMix64 {
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -570,7 +570,7 @@ impl Raft {
         self.election_elapsed = 0;
         self.heartbeat_elapsed = 0;
         let e = self.cfg.election_ticks;
-        self.randomized_election_timeout = e + self.rng.next() % e;
+        self.randomized_election_timeout = e + self.rng.next_u64() % e;
     }
 
     fn set_term(&mut self, term: Term) {
