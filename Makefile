@@ -5,11 +5,12 @@ BIN := target/release/raftkv
 CTL := target/release/raftkvctl
 ENDPOINTS ?= 127.0.0.1:8001,127.0.0.1:8002,127.0.0.1:8003
 
-.PHONY: help build cluster stop clean-cluster test unit sim
+.PHONY: help build cluster stop kill-leader clean-cluster test unit sim
 
 help:
 	@echo "make cluster   build (release) and start a local 3-node cluster in the background"
 	@echo "make stop      stop the processes 'make cluster' started"
+	@echo "make kill-leader   kill -9 the leader ('make cluster' restarts it)"
 	@echo "make test      run the whole test suite (installs iptables/promtool if missing)"
 	@echo "make sim SIM_SEEDS=20000   run the deterministic simulation on more seeds"
 
@@ -21,6 +22,9 @@ cluster: build
 
 stop:
 	@scripts/cluster.sh stop
+
+kill-leader:
+	@scripts/cluster.sh kill-leader
 
 clean-cluster: stop
 	rm -rf .cluster

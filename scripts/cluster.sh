@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Starts or stops the local 3-node cluster of config/node{1,2,3}.toml.
-#   scripts/cluster.sh start   (make cluster)   scripts/cluster.sh stop   (make stop)
+#   scripts/cluster.sh start        (make cluster: also restarts killed nodes)
+#   scripts/cluster.sh kill-leader  (make kill-leader: kill -9 the leader)
+#   scripts/cluster.sh stop         (make stop)
 # Data and logs live under $CLUSTER_DIR (default .cluster); the pids of the
 # processes it started are kept there, and `stop` stops exactly those.
 set -euo pipefail
@@ -25,20 +27,33 @@ ours() { # is $1 a raftkv process we started?
 case "${1:-}" in
 start)
   mkdir -p "$DIR"
-  if [ -f "$PIDS" ]; then
-    alive=0; for p in $(cat "$PIDS"); do ours "$p" && alive=$((alive+1)); done
-    if [ "$alive" -gt 0 ]; then echo "cluster already running ($alive nodes; data and logs in $DIR). 'make stop' stops it."; exit 0; fi
-    rm -f "$PIDS"
-  fi
+  # (Re)start every node whose process is not running: a fresh cluster, or
+  # the nodes of a running one that were killed.
+  started=0
   for i in 1 2 3; do
+    pid=$(sed -n "${i}p" "$PIDS" 2>/dev/null || true)
+    if [ -n "$pid" ] && ours "$pid"; then continue; fi
     nohup "$BIN" --config "config/node$i.toml" >>"$DIR/node$i.log" 2>&1 &
-    echo $! >>"$PIDS"
+    newpid=$!
+    if [ -f "$PIDS" ] && [ "$(wc -l <"$PIDS")" -ge 3 ]; then
+      sed -i "${i}s/.*/$newpid/" "$PIDS"
+    else
+      echo "$newpid" >>"$PIDS"
+    fi
+    started=$((started+1))
   done
+  [ "$started" -lt 3 ] && echo "restarted $started node(s) of the running cluster"
+  # Wait until every node answers and one of them is the leader.
   leader=""
   for _ in $(seq 1 150); do
+    up=0
     for i in 1 2 3; do
-      if http_get 127.0.0.1 "800$i" /status 2>/dev/null | grep -q '"role":"leader"'; then leader=$i; break 2; fi
+      st=$(http_get 127.0.0.1 "800$i" /status 2>/dev/null || true)
+      [ -n "$st" ] && up=$((up+1))
+      if echo "$st" | grep -q '"role":"leader"'; then leader=$i; fi
     done
+    [ "$up" -eq 3 ] && [ -n "$leader" ] && break
+    leader=""
     sleep 0.1
   done
   if [ -z "$leader" ]; then
@@ -57,8 +72,20 @@ Try:
   curl localhost:8001/status
   target/release/raftkvctl status
   make trace-election     # switch per-actor logs at run time (make quiet to undo)
+  make kill-leader        # kill -9 the leader; 'make cluster' restarts it
   make stop
 MSG
+  ;;
+kill-leader)
+  [ -f "$PIDS" ] || { echo "no cluster started from here is running"; exit 1; }
+  for i in 1 2 3; do
+    if http_get 127.0.0.1 "800$i" /status 2>/dev/null | grep -q '"role":"leader"'; then
+      pid=$(sed -n "${i}p" "$PIDS")
+      ours "$pid" && kill -9 "$pid" && echo "kill -9 node $i (pid $pid), the leader. 'make cluster' brings it back."
+      exit 0
+    fi
+  done
+  echo "no leader found" >&2; exit 1
   ;;
 stop)
   [ -f "$PIDS" ] || { echo "no cluster started from here is running"; exit 0; }
