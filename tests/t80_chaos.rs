@@ -27,6 +27,7 @@ fn config(nodes: u64, seed: u64, faults: Vec<Fault>, secs: u64) -> ChaosConfig {
         planted_bug: None,
         check_budget: Duration::from_secs(60),
         extra_node_args: vec![],
+        lease_reads: false,
     }
 }
 

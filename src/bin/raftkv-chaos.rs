@@ -48,6 +48,9 @@ struct Args {
     /// The raftkv binary (default: next to this one).
     #[arg(long)]
     binary: Option<PathBuf>,
+    /// Make half of the reads lease reads (`?consistency=lease`).
+    #[arg(long)]
+    lease_reads: bool,
     /// TESTING ONLY: start the nodes with a deliberate bug (local-reads).
     #[arg(long)]
     unsafe_planted_bug: Option<String>,
@@ -82,6 +85,7 @@ fn main() -> ExitCode {
             planted_bug: a.unsafe_planted_bug.clone(),
             check_budget: Duration::from_secs(a.check_budget),
             extra_node_args: vec![],
+            lease_reads: a.lease_reads,
         };
         eprintln!("run {}/{}: {} nodes, {} s, seed {seed}, output {}", run_no + 1, a.runs, a.nodes, a.time, cfg.out_dir.display());
         match run(&cfg) {

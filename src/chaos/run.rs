@@ -117,6 +117,8 @@ pub struct ChaosConfig {
     /// Time budget of the linearizability search, per key.
     pub check_budget: Duration,
     pub extra_node_args: Vec<String>,
+    /// Half of the reads use `?consistency=lease` instead of ReadIndex.
+    pub lease_reads: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -236,7 +238,12 @@ fn client_loop(id: usize, cfg: &ChaosConfig, cluster_addrs: &[String], shared: &
             detail: String::new(),
         };
         let (outcome, body, detail) = if roll < 45 {
-            let res = http.get(addr, &url_key(&key));
+            let lease = cfg.lease_reads && rng.next_u64() % 2 == 0;
+            if lease {
+                rec.kind = "lease-read";
+            }
+            let path = if lease { format!("{}?consistency=lease", url_key(&key)) } else { url_key(&key) };
+            let res = http.get(addr, &path);
             classify(&res, true)
         } else if roll < 85 || !last_seen.contains_key(&key) {
             let v = format!("c{id}-{n}");
@@ -261,7 +268,7 @@ fn client_loop(id: usize, cfg: &ChaosConfig, cluster_addrs: &[String], shared: &
         }
         if outcome == Outcome::Ok {
             match rec.kind {
-                "read" => {
+                "read" | "lease-read" => {
                     let seen = body.and_then(|b| b["value"].as_str().map(str::to_string));
                     if let Some(v) = &seen {
                         last_seen.insert(key.clone(), v.clone());
@@ -395,7 +402,7 @@ fn history_of(records: &[&OpRecord]) -> Vec<HistoryOp> {
             call: r.invoke_us,
             ret: r.complete_us,
             action: match r.kind {
-                "read" => Action::Read(r.read.clone().flatten()),
+                "read" | "lease-read" => Action::Read(r.read.clone().flatten()),
                 "write" => Action::Write(r.value.clone().unwrap()),
                 _ => Action::Cas { expect: r.expect.clone().unwrap(), new: r.value.clone().unwrap() },
             },
@@ -405,7 +412,7 @@ fn history_of(records: &[&OpRecord]) -> Vec<HistoryOp> {
 
 fn fmt_op(r: &OpRecord) -> String {
     let what = match r.kind {
-        "read" => format!("read -> {}", r.read.as_ref().map_or("?".into(), |v| v.clone().unwrap_or_else(|| "(absent)".into()))),
+        "read" | "lease-read" => format!("read -> {}", r.read.as_ref().map_or("?".into(), |v| v.clone().unwrap_or_else(|| "(absent)".into()))),
         "write" => format!("write {}", r.value.as_deref().unwrap_or("")),
         _ => format!("cas {} -> {}", r.expect.as_deref().unwrap_or(""), r.value.as_deref().unwrap_or("")),
     };
@@ -534,20 +541,21 @@ pub fn run(cfg: &ChaosConfig) -> Result<Report, String> {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "chaos run: {} nodes, {:?}, seed {}, {} clients on {} keys, faults [{}]{}",
+        "chaos run: {} nodes, {:?}, seed {}, {} clients on {} keys, faults [{}]{}{}",
         cfg.nodes,
         cfg.duration,
         cfg.seed,
         cfg.clients,
         cfg.keys,
         cfg.faults.iter().map(|f| f.name()).collect::<Vec<_>>().join(","),
-        cfg.planted_bug.as_ref().map_or(String::new(), |b| format!(", PLANTED BUG {b}"))
+        cfg.planted_bug.as_ref().map_or(String::new(), |b| format!(", PLANTED BUG {b}")),
+        if cfg.lease_reads { ", half the reads under the leader lease" } else { "" }
     );
     let _ = writeln!(s, "operations: {} total", history.len());
-    for kind in ["read", "write", "cas"] {
+    for kind in ["read", "lease-read", "write", "cas"] {
         let _ = writeln!(
             s,
-            "  {kind:<6} ok {:>6}  failed {:>6}  unknown {:>6}",
+            "  {kind:<10} ok {:>6}  failed {:>6}  unknown {:>6}",
             count(Some(kind), Outcome::Ok),
             count(Some(kind), Outcome::Fail),
             count(Some(kind), Outcome::Unknown)
