@@ -29,6 +29,25 @@ pub struct ChaosCluster {
     pub blocked: Vec<(u64, u64)>,
 }
 
+/// The command line of node `id` of a cluster whose nodes listen on
+/// `addrs` (node i at `addrs[i-1]`), with its data in `data_dir`.
+pub fn node_command(binary: &Path, id: u64, addrs: &[SocketAddr], data_dir: &Path, extra_args: &[String]) -> Command {
+    let peers: Vec<String> =
+        (1..=addrs.len() as u64).filter(|&p| p != id).map(|p| format!("{p}={}", addrs[p as usize - 1])).collect();
+    let mut cmd = Command::new(binary);
+    cmd.arg("--id")
+        .arg(id.to_string())
+        .arg("--listen")
+        .arg(addrs[id as usize - 1].to_string())
+        .arg("--peers")
+        .arg(peers.join(","))
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(extra_args)
+        .env_remove("RUST_LOG");
+    cmd
+}
+
 fn free_port(ip: IpAddr) -> std::io::Result<u16> {
     Ok(TcpListener::bind(SocketAddr::new(ip, 0))?.local_addr()?.port())
 }
@@ -79,21 +98,10 @@ impl ChaosCluster {
     }
 
     pub fn start(&mut self, id: u64) -> std::io::Result<()> {
-        let peers: Vec<String> =
-            self.nodes.iter().filter(|n| n.id != id).map(|n| format!("{}={}", n.id, n.addr)).collect();
+        let addrs: Vec<SocketAddr> = self.nodes.iter().map(|n| n.addr).collect();
         let node = &self.nodes[id as usize - 1];
         let log = fs::OpenOptions::new().create(true).append(true).open(&node.log_path)?;
-        let child = Command::new(&self.binary)
-            .arg("--id")
-            .arg(id.to_string())
-            .arg("--listen")
-            .arg(node.addr.to_string())
-            .arg("--peers")
-            .arg(peers.join(","))
-            .arg("--data-dir")
-            .arg(&node.data_dir)
-            .args(&self.extra_args)
-            .env_remove("RUST_LOG")
+        let child = node_command(&self.binary, id, &addrs, &node.data_dir, &self.extra_args)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

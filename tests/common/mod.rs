@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 pub use raftkv::client::{HttpClient, Response};
+use raftkv::chaos::cluster::node_command;
 use serde_json::{Value, json};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_raftkv");
@@ -116,20 +117,8 @@ impl Cluster {
 
     /// The command line node `id` is started with.
     pub fn command(&self, id: u64) -> Command {
-        let node = self.node(id);
-        let peers: Vec<String> =
-            self.nodes.iter().filter(|n| n.id != id).map(|n| format!("{}={}", n.id, n.addr)).collect();
-        let mut cmd = Command::new(BIN);
-        cmd.arg("--id")
-            .arg(id.to_string())
-            .arg("--listen")
-            .arg(node.addr.to_string())
-            .arg("--peers")
-            .arg(peers.join(","))
-            .arg("--data-dir")
-            .arg(&node.data_dir)
-            .args(&self.args)
-            .env_remove("RUST_LOG");
+        let addrs: Vec<SocketAddr> = self.nodes.iter().map(|n| n.addr).collect();
+        let mut cmd = node_command(BIN.as_ref(), id, &addrs, &self.node(id).data_dir, &self.args);
         if !self.args.iter().any(|a| a == "--log") {
             cmd.arg("--log").arg("info");
         }
