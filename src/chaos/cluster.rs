@@ -52,11 +52,15 @@ fn free_port(ip: IpAddr) -> std::io::Result<u16> {
     Ok(TcpListener::bind(SocketAddr::new(ip, 0))?.local_addr()?.port())
 }
 
-/// Removes every iptables rule left behind by earlier chaos runs.
+/// Removes the iptables rules tagged `<prefix><pid>` whose process is gone
+/// (left behind by an interrupted run); rules of live runs stay.
 pub fn remove_stale_rules(prefix: &str) {
     let Ok(out) = Command::new("iptables").arg("-S").output() else { return };
     for line in String::from_utf8_lossy(&out.stdout).lines() {
-        if line.starts_with("-A ") && line.contains(prefix) {
+        let Some(pos) = line.find(prefix) else { continue };
+        let pid: String = line[pos + prefix.len()..].chars().take_while(char::is_ascii_digit).collect();
+        let alive = !pid.is_empty() && Path::new(&format!("/proc/{pid}")).exists();
+        if line.starts_with("-A ") && !alive {
             let args: Vec<String> = line[3..].split_whitespace().map(|s| s.trim_matches('"').to_string()).collect();
             let _ = Command::new("iptables").arg("-D").args(&args).status();
         }
@@ -249,6 +253,5 @@ impl Drop for ChaosCluster {
         for id in self.ids() {
             self.kill(id);
         }
-        remove_stale_rules(&self.tag);
     }
 }

@@ -167,6 +167,8 @@ pub struct Report {
     pub ops: usize,
 }
 
+static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
 struct Shared {
     start: Instant,
     history: Mutex<Vec<OpRecord>>,
@@ -434,8 +436,11 @@ pub fn run(cfg: &ChaosConfig) -> Result<Report, String> {
         return Err("--nodes must be between 3 and 9".into());
     }
     fs::create_dir_all(&cfg.out_dir).map_err(|e| format!("{}: {e}", cfg.out_dir.display()))?;
+    // A /24 of its own: by process, and by run within the process (the
+    // black-box tests' clusters use 127.x.1-250.0).
     let pid = std::process::id();
-    let net = (20 + (pid % 200) as u8, 251 + (cfg.seed % 4) as u8);
+    let run_no = RUNS.fetch_add(1, Ordering::Relaxed);
+    let net = (20 + (pid % 200) as u8, 251 + (run_no % 5) as u8);
     let mut args = vec!["--request-timeout-ms".to_string(), "1500".into(), "--log".into(), "info".into()];
     if let Some(bug) = &cfg.planted_bug {
         args.push("--unsafe-planted-bug".into());
