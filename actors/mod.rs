@@ -85,7 +85,8 @@ pub fn spawn_node(settings: &Settings, recovered: Recovered, wal: WalWriter, met
         storage::StorageActor::new(wal, storage_metrics.clone())
     });
 
-    let consensus = consensus::ConsensusActor::start_with(settings, recovered, storage, state_machine.clone(), metrics.clone());
+    let consensus =
+        consensus::ConsensusActor::start_with(settings, recovered, storage, state_machine.clone(), metrics.clone());
     election_timer::ElectionTimer::new(settings.tick, consensus.clone().recipient()).start();
     NodeHandles { consensus, state_machine, metrics }
 }

@@ -97,7 +97,10 @@ impl HttpClient {
         stream.set_write_timeout(Some(self.timeout)).map_err(ClientError::Io)?;
         let _ = stream.set_nodelay(true);
         let body = body.unwrap_or(&[]);
-        let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+            body.len()
+        );
         if !body.is_empty() {
             head.push_str("Content-Type: application/json\r\n");
         }
@@ -114,7 +117,10 @@ fn read_response(stream: TcpStream) -> Result<Response, ClientError> {
     let mut line = String::new();
     r.read_line(&mut line).map_err(ClientError::Io)?;
     if line.is_empty() {
-        return Err(ClientError::Io(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed without a response")));
+        return Err(ClientError::Io(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "connection closed without a response",
+        )));
     }
     let status: u16 = line
         .split_whitespace()

@@ -300,14 +300,9 @@ mod tests {
         assert!(decode_message(Bytes::from_static(b"")).is_err());
         let err = decode_message(Bytes::from_static(b"\x09rest")).unwrap_err();
         assert!(err.0.contains("version"), "{err}");
-        let mut ok = encode_message(&Message {
-            from: 1,
-            to: 2,
-            term: 1,
-            rpc_id: 0,
-            body: Body::HeartbeatResponse { ctx: 1 },
-        })
-        .to_vec();
+        let mut ok =
+            encode_message(&Message { from: 1, to: 2, term: 1, rpc_id: 0, body: Body::HeartbeatResponse { ctx: 1 } })
+                .to_vec();
         ok.push(0);
         assert!(decode_message(Bytes::from(ok)).unwrap_err().0.contains("trailing"));
     }

@@ -188,11 +188,10 @@ impl Args {
         if peers.values().any(|a| *a == listen) {
             return Err(format!("--peers lists this node's own address {listen}"));
         }
-        let data_dir = self
-            .data_dir
-            .or(file.data_dir)
-            .unwrap_or_else(|| PathBuf::from(format!("data/node{id}")));
-        let ms = |flag: Option<u64>, file: Option<u64>, default: u64| Duration::from_millis(flag.or(file).unwrap_or(default));
+        let data_dir = self.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from(format!("data/node{id}")));
+        let ms = |flag: Option<u64>, file: Option<u64>, default: u64| {
+            Duration::from_millis(flag.or(file).unwrap_or(default))
+        };
         let s = Settings {
             id,
             listen,
@@ -258,7 +257,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("raftkv-config-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("node.toml");
-        std::fs::write(&path, "id = 2\nlisten = \"127.0.0.1:9002\"\npeers = [\"1=127.0.0.1:9001\"]\nheartbeat_ms = 40\n").unwrap();
+        std::fs::write(
+            &path,
+            "id = 2\nlisten = \"127.0.0.1:9002\"\npeers = [\"1=127.0.0.1:9001\"]\nheartbeat_ms = 40\n",
+        )
+        .unwrap();
         let s = args(&["--config", path.to_str().unwrap(), "--heartbeat-ms", "60"]).resolve().unwrap();
         assert_eq!(s.id, 2);
         assert_eq!(s.heartbeat, Duration::from_millis(60));

@@ -168,34 +168,93 @@ impl Metrics {
         g(&mut o, "raftkv_node_id", "This node's id.", self.node_id);
         g(&mut o, "raftkv_term", "Current Raft term.", self.term.load(Relaxed));
         let role = self.role.load(Relaxed);
-        let _ = writeln!(o, "# HELP raftkv_role Raft role of this node (1 for the current role).\n# TYPE raftkv_role gauge");
+        let _ = writeln!(
+            o,
+            "# HELP raftkv_role Raft role of this node (1 for the current role).\n# TYPE raftkv_role gauge"
+        );
         for (code, name) in [(0, "follower"), (1, "pre_candidate"), (2, "candidate"), (3, "leader")] {
             let _ = writeln!(o, "raftkv_role{{role=\"{name}\"}} {}", (role == code) as u64);
         }
         g(&mut o, "raftkv_leader_id", "Id of the leader this node knows (0 if none).", self.leader_id.load(Relaxed));
         g(&mut o, "raftkv_commit_index", "Highest log index known committed.", self.commit_index.load(Relaxed));
-        g(&mut o, "raftkv_applied_index", "Highest log index applied to the key-value store.", self.applied_index.load(Relaxed));
+        g(
+            &mut o,
+            "raftkv_applied_index",
+            "Highest log index applied to the key-value store.",
+            self.applied_index.load(Relaxed),
+        );
         g(&mut o, "raftkv_last_log_index", "Index of the last entry in the log.", self.last_log_index.load(Relaxed));
-        g(&mut o, "raftkv_stable_index", "Highest log index durable on this node's disk.", self.stable_index.load(Relaxed));
+        g(
+            &mut o,
+            "raftkv_stable_index",
+            "Highest log index durable on this node's disk.",
+            self.stable_index.load(Relaxed),
+        );
         g(&mut o, "raftkv_keys", "Number of keys in the store.", self.keys.load(Relaxed));
-        c(&mut o, "raftkv_elections_started_total", "Elections this node started as candidate.", self.elections_started.load(Relaxed));
+        c(
+            &mut o,
+            "raftkv_elections_started_total",
+            "Elections this node started as candidate.",
+            self.elections_started.load(Relaxed),
+        );
         c(&mut o, "raftkv_elections_won_total", "Elections this node won.", self.elections_won.load(Relaxed));
-        c(&mut o, "raftkv_leader_changes_total", "Times the leader known to this node changed.", self.leader_changes.load(Relaxed));
-        c(&mut o, "raftkv_proposals_total", "Client writes proposed by this node as leader.", self.proposals.load(Relaxed));
+        c(
+            &mut o,
+            "raftkv_leader_changes_total",
+            "Times the leader known to this node changed.",
+            self.leader_changes.load(Relaxed),
+        );
+        c(
+            &mut o,
+            "raftkv_proposals_total",
+            "Client writes proposed by this node as leader.",
+            self.proposals.load(Relaxed),
+        );
         g(&mut o, "raftkv_pending_proposals", "Proposals waiting to be applied.", self.pending_proposals.load(Relaxed));
-        g(&mut o, "raftkv_pending_reads", "Linearizable reads waiting for leadership confirmation.", self.pending_reads.load(Relaxed));
+        g(
+            &mut o,
+            "raftkv_pending_reads",
+            "Linearizable reads waiting for leadership confirmation.",
+            self.pending_reads.load(Relaxed),
+        );
         c(&mut o, "raftkv_wal_bytes_total", "Bytes appended to the write-ahead log.", self.wal_bytes.load(Relaxed));
 
         type Field = fn(&PeerMetrics) -> &AtomicU64;
         let per_peer: [(&str, &str, &str, Field); 8] = [
-            ("raftkv_append_entries_sent_total", "counter", "AppendEntries requests sent to the peer.", |p| &p.append_entries_sent),
-            ("raftkv_append_entries_failed_total", "counter", "AppendEntries requests to the peer that failed in transport.", |p| &p.append_entries_failed),
+            ("raftkv_append_entries_sent_total", "counter", "AppendEntries requests sent to the peer.", |p| {
+                &p.append_entries_sent
+            }),
+            (
+                "raftkv_append_entries_failed_total",
+                "counter",
+                "AppendEntries requests to the peer that failed in transport.",
+                |p| &p.append_entries_failed,
+            ),
             ("raftkv_heartbeats_sent_total", "counter", "Heartbeats sent to the peer.", |p| &p.heartbeats_sent),
-            ("raftkv_heartbeats_failed_total", "counter", "Heartbeats to the peer that failed in transport.", |p| &p.heartbeats_failed),
-            ("raftkv_vote_requests_sent_total", "counter", "RequestVote and pre-vote requests sent to the peer.", |p| &p.votes_sent),
-            ("raftkv_vote_requests_failed_total", "counter", "Vote requests to the peer that failed in transport.", |p| &p.votes_failed),
-            ("raftkv_peer_match_index", "gauge", "Leader only: highest index known replicated on the peer.", |p| &p.match_index),
-            ("raftkv_replication_lag_entries", "gauge", "Leader only: entries the peer is behind the leader's log.", |p| &p.replication_lag),
+            ("raftkv_heartbeats_failed_total", "counter", "Heartbeats to the peer that failed in transport.", |p| {
+                &p.heartbeats_failed
+            }),
+            (
+                "raftkv_vote_requests_sent_total",
+                "counter",
+                "RequestVote and pre-vote requests sent to the peer.",
+                |p| &p.votes_sent,
+            ),
+            (
+                "raftkv_vote_requests_failed_total",
+                "counter",
+                "Vote requests to the peer that failed in transport.",
+                |p| &p.votes_failed,
+            ),
+            ("raftkv_peer_match_index", "gauge", "Leader only: highest index known replicated on the peer.", |p| {
+                &p.match_index
+            }),
+            (
+                "raftkv_replication_lag_entries",
+                "gauge",
+                "Leader only: entries the peer is behind the leader's log.",
+                |p| &p.replication_lag,
+            ),
         ];
         for (name, kind, help, field) in per_peer {
             let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -204,11 +263,20 @@ impl Metrics {
             }
         }
 
-        let _ = writeln!(o, "# HELP raftkv_fsync_duration_seconds Time to write and fsync one group commit.\n# TYPE raftkv_fsync_duration_seconds histogram");
+        let _ = writeln!(
+            o,
+            "# HELP raftkv_fsync_duration_seconds Time to write and fsync one group commit.\n# TYPE raftkv_fsync_duration_seconds histogram"
+        );
         self.fsync_seconds.render(&mut o, "raftkv_fsync_duration_seconds", "");
-        let _ = writeln!(o, "# HELP raftkv_group_commit_entries Log entries made durable by one fsync.\n# TYPE raftkv_group_commit_entries histogram");
+        let _ = writeln!(
+            o,
+            "# HELP raftkv_group_commit_entries Log entries made durable by one fsync.\n# TYPE raftkv_group_commit_entries histogram"
+        );
         self.batch_entries.render(&mut o, "raftkv_group_commit_entries", "");
-        let _ = writeln!(o, "# HELP raftkv_http_request_duration_seconds HTTP requests served, by route, method and status.\n# TYPE raftkv_http_request_duration_seconds histogram");
+        let _ = writeln!(
+            o,
+            "# HELP raftkv_http_request_duration_seconds HTTP requests served, by route, method and status.\n# TYPE raftkv_http_request_duration_seconds histogram"
+        );
         for ((route, method, status), h) in self.http.lock().expect("metrics lock").iter() {
             let labels = format!("route=\"{route}\",method=\"{method}\",status=\"{status}\"");
             h.render(&mut o, "raftkv_http_request_duration_seconds", &labels);

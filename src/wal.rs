@@ -106,7 +106,8 @@ pub fn open(data_dir: &Path) -> Result<(Recovered, WalWriter), WalError> {
 /// Replays `buf` (the file at `path`); returns the state and the length of
 /// the valid prefix.
 pub fn replay(path: &Path, buf: &[u8]) -> Result<(Recovered, u64), WalError> {
-    let corrupt = |offset: usize, reason: String| WalError::Corrupt { path: path.to_path_buf(), offset: offset as u64, reason };
+    let corrupt =
+        |offset: usize, reason: String| WalError::Corrupt { path: path.to_path_buf(), offset: offset as u64, reason };
     if buf.len() < MAGIC.len() || &buf[..MAGIC.len()] != MAGIC {
         return Err(corrupt(0, "missing raftkv WAL header".into()));
     }

@@ -639,7 +639,8 @@ impl Sim {
 
     fn submit(&mut self, target: NodeId, req: u64, op: Op) -> bool {
         let incarnation = self.nodes[&target].incarnation;
-        let pending = Pending { op: op.clone(), node: target, incarnation, invoked: self.now, acked_floor: self.max_acked_index };
+        let pending =
+            Pending { op: op.clone(), node: target, incarnation, invoked: self.now, acked_floor: self.max_acked_index };
         let r = self.raft(target);
         let accepted = match &op {
             Op::Write { key, value } => r.propose(req, Bytes::from(format!("{key}={value}"))).is_ok(),
@@ -699,7 +700,10 @@ impl Sim {
             .get(&key)
             .and_then(|h| h.iter().rev().find(|(i, _)| *i <= node.applied).map(|(_, v)| v.clone()));
         if got != want {
-            self.fail(format!("read {req} of {key} at applied {} saw {got:?}, committed log says {want:?}", node.applied));
+            self.fail(format!(
+                "read {req} of {key} at applied {} saw {got:?}, committed log says {want:?}",
+                node.applied
+            ));
         }
         self.stats.reads_served += 1;
     }

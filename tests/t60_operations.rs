@@ -12,7 +12,10 @@ use common::*;
 use serde_json::json;
 
 fn set_filter(c: &Cluster, id: u64, filter: &str) {
-    let r = c.client.request(&c.addr(id), "PUT", "/admin/log", Some(json!({"filter": filter}).to_string().as_bytes())).unwrap();
+    let r = c
+        .client
+        .request(&c.addr(id), "PUT", "/admin/log", Some(json!({"filter": filter}).to_string().as_bytes()))
+        .unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["filter"], filter);
 }

@@ -183,7 +183,9 @@ fn wrk_script(sys: System, load: Load) -> String {
                 Load::Put => {
                     "wrk.format('POST', '/v3/kv/put', hdr, '{\"key\":\"' .. keys[math.random(1, #keys)] .. '\",\"value\":\"' .. value .. '\"}')"
                 }
-                Load::GetLinearizable => "wrk.format('POST', '/v3/kv/range', hdr, '{\"key\":\"' .. keys[math.random(1, #keys)] .. '\"}')",
+                Load::GetLinearizable => {
+                    "wrk.format('POST', '/v3/kv/range', hdr, '{\"key\":\"' .. keys[math.random(1, #keys)] .. '\"}')"
+                }
                 Load::GetStale => {
                     "wrk.format('POST', '/v3/kv/range', hdr, '{\"key\":\"' .. keys[math.random(1, #keys)] .. '\",\"serializable\":true}')"
                 }
@@ -238,7 +240,8 @@ fn run_wrk(dir: &Path, t: &Target, load: Load, conns: u32, secs: u64) -> Measure
         .expect("wrk (Debian package wrk); run scripts/install-deps.sh bench");
     let cpu_after: f64 = t.pids.iter().map(|&p| cpu_seconds(p)).sum();
     let text = String::from_utf8_lossy(&out.stdout);
-    let line = text.lines().find_map(|l| l.strip_prefix("BENCH_JSON ")).unwrap_or_else(|| panic!("wrk output:\n{text}"));
+    let line =
+        text.lines().find_map(|l| l.strip_prefix("BENCH_JSON ")).unwrap_or_else(|| panic!("wrk output:\n{text}"));
     let v: Value = serde_json::from_str(line).unwrap();
     let requests = v["requests"].as_f64().unwrap();
     let dur = v["duration_us"].as_f64().unwrap() / 1e6;
@@ -261,9 +264,7 @@ fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
 }
 
 fn raftkv_leader(http: &HttpClient, addrs: &[String]) -> Option<usize> {
-    addrs
-        .iter()
-        .position(|a| http.get(a, "/status").is_ok_and(|r| r.status == 200 && r.json()["role"] == "leader"))
+    addrs.iter().position(|a| http.get(a, "/status").is_ok_and(|r| r.status == 200 && r.json()["role"] == "leader"))
 }
 
 fn etcd_leader(http: &HttpClient, addrs: &[String]) -> Option<usize> {
@@ -333,8 +334,9 @@ fn main() {
             .env_remove("RUST_LOG");
         c
     };
-    let mut raft: Vec<Proc> =
-        (1..=3).map(|i| Proc::spawn(&format!("raftkv{i}"), &mut raft_cmd(i), &dir.join(format!("raftkv{i}.log")))).collect();
+    let mut raft: Vec<Proc> = (1..=3)
+        .map(|i| Proc::spawn(&format!("raftkv{i}"), &mut raft_cmd(i), &dir.join(format!("raftkv{i}.log"))))
+        .collect();
 
     // --- etcd: 3 members, default fsync ---
     let etcd_addrs: Vec<String> = (1..=3).map(|i| format!("127.0.0.1:{i}2379")).collect();
@@ -358,11 +360,13 @@ fn main() {
     } else {
         Vec::new()
     };
-    let _ceiling = (!args.only_raftkv).then(|| Proc::spawn(
-        "ceiling",
-        Command::new(&ceiling_bin).args(["--listen", "127.0.0.1:18100"]),
-        &dir.join("ceiling.log"),
-    ));
+    let _ceiling = (!args.only_raftkv).then(|| {
+        Proc::spawn(
+            "ceiling",
+            Command::new(&ceiling_bin).args(["--listen", "127.0.0.1:18100"]),
+            &dir.join("ceiling.log"),
+        )
+    });
 
     eprintln!("waiting for leaders...");
     wait_until("a raftkv leader", Duration::from_secs(20), || raftkv_leader(&http, &raft_addrs).is_some());
@@ -373,14 +377,15 @@ fn main() {
         wait_until("the ceiling", Duration::from_secs(10), || http.get("127.0.0.1:18100", "/health").is_ok());
     }
     let rl = raftkv_leader(&http, &raft_addrs).unwrap();
-    let mut targets = vec![Target {
-        sys: System::Raftkv,
-        addr: raft_addrs[rl].clone(),
-        pids: raft.iter().map(Proc::pid).collect(),
-    }];
+    let mut targets =
+        vec![Target { sys: System::Raftkv, addr: raft_addrs[rl].clone(), pids: raft.iter().map(Proc::pid).collect() }];
     if use_etcd {
         let el = etcd_leader(&http, &etcd_addrs).unwrap();
-        targets.push(Target { sys: System::Etcd, addr: etcd_addrs[el].clone(), pids: _etcd.iter().map(Proc::pid).collect() });
+        targets.push(Target {
+            sys: System::Etcd,
+            addr: etcd_addrs[el].clone(),
+            pids: _etcd.iter().map(Proc::pid).collect(),
+        });
     }
     if let Some(c) = &_ceiling {
         targets.push(Target { sys: System::Ceiling, addr: "127.0.0.1:18100".into(), pids: vec![c.pid()] });
@@ -434,7 +439,11 @@ fn main() {
         };
         eprintln!("kill -9 leader {} -> first acknowledged write after {} ms", leader + 1, took.as_millis());
         recoveries.push(took);
-        raft[leader] = Proc::spawn(&format!("raftkv{}", leader + 1), &mut raft_cmd(leader + 1), &dir.join(format!("raftkv{}-{k}.log", leader + 1)));
+        raft[leader] = Proc::spawn(
+            &format!("raftkv{}", leader + 1),
+            &mut raft_cmd(leader + 1),
+            &dir.join(format!("raftkv{}-{k}.log", leader + 1)),
+        );
         wait_until("the cluster to be ready again", Duration::from_secs(30), || {
             raft_addrs.iter().all(|a| http.get(a, "/ready").is_ok_and(|r| r.status == 200))
         });
@@ -446,10 +455,19 @@ fn main() {
     // --- report ---
     let cpu = fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_default();
     let mut md = String::new();
-    let date = Command::new("date").arg("-u").arg("+%Y-%m-%d %H:%M UTC").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
+    let date = Command::new("date")
+        .arg("-u")
+        .arg("+%Y-%m-%d %H:%M UTC")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
     let _ = writeln!(md, "\n## Run of {date}\n");
     if !args.label.is_empty() {
         let _ = writeln!(md, "**{}**\n", args.label);
@@ -459,12 +477,19 @@ fn main() {
         "`make bench{}`{} — {} s per load, {} cores ({cpu}), raftkv {} vs etcd 3.4.23 (Debian), 3 members each on loopback, \
          load to each leader, 100-byte values, {KEYS} random keys. CPU is server CPU (all members) per operation.\n",
         if args.quick { " BENCH_QUICK=1" } else { "" },
-        if args.raftkv_args.is_empty() { String::new() } else { format!(" (raftkv nodes with `{}`)", args.raftkv_args) },
+        if args.raftkv_args.is_empty() {
+            String::new()
+        } else {
+            format!(" (raftkv nodes with `{}`)", args.raftkv_args)
+        },
         secs,
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         env!("CARGO_PKG_VERSION")
     );
-    let _ = writeln!(md, "| load | conns | system | req/s | p50 ms | p99 ms | p99.9 ms | CPU µs/op | errors | raftkv / etcd |");
+    let _ = writeln!(
+        md,
+        "| load | conns | system | req/s | p50 ms | p99 ms | p99.9 ms | CPU µs/op | errors | raftkv / etcd |"
+    );
     let _ = writeln!(md, "|---|---|---|---:|---:|---:|---:|---:|---:|---|");
     for &(load, conns) in &scenarios {
         let r = results.get(&(load, conns, System::Raftkv));

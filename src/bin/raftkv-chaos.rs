@@ -65,9 +65,8 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let binary = a.binary.clone().unwrap_or_else(|| {
-        std::env::current_exe().expect("own path").with_file_name("raftkv")
-    });
+    let binary =
+        a.binary.clone().unwrap_or_else(|| std::env::current_exe().expect("own path").with_file_name("raftkv"));
     let seed = a.seed.unwrap_or_else(|| u64::from(rand::random::<u16>()));
     let mut all_pass = true;
     for run_no in 0..a.runs {
@@ -87,7 +86,14 @@ fn main() -> ExitCode {
             extra_node_args: vec![],
             lease_reads: a.lease_reads,
         };
-        eprintln!("run {}/{}: {} nodes, {} s, seed {seed}, output {}", run_no + 1, a.runs, a.nodes, a.time, cfg.out_dir.display());
+        eprintln!(
+            "run {}/{}: {} nodes, {} s, seed {seed}, output {}",
+            run_no + 1,
+            a.runs,
+            a.nodes,
+            a.time,
+            cfg.out_dir.display()
+        );
         match run(&cfg) {
             Ok(report) => {
                 print!("{}", report.summary);

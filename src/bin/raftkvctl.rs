@@ -160,11 +160,7 @@ fn failure_of(r: &Response) -> Failure {
     if r.status == 412 {
         message = match &body["current"] {
             Value::Null => format!("precondition failed: '{}' does not exist", body["key"].as_str().unwrap_or("")),
-            cur => format!(
-                "precondition failed: current value is {} (revision {})",
-                cur["value"],
-                cur["revision"]
-            ),
+            cur => format!("precondition failed: current value is {} (revision {})", cur["value"], cur["revision"]),
         };
     }
     Failure::new(code, message)
@@ -202,7 +198,8 @@ impl Ctl {
                 Ok(self.items(&v, std::slice::from_ref(&v)))
             }
             Cmd::Put { key, value } => {
-                let v = self.ok(self.send("PUT", &format!("/kv/{}", encode_key(key)), Some(&json!({"value": value})))?)?;
+                let v =
+                    self.ok(self.send("PUT", &format!("/kv/{}", encode_key(key)), Some(&json!({"value": value})))?)?;
                 Ok(self.render(&v, || format!("OK (revision {})", v["revision"])))
             }
             Cmd::Cas { key, value, if_value, if_revision } => {
@@ -293,7 +290,16 @@ impl Ctl {
         let rows: Vec<Vec<String>> = statuses
             .iter()
             .map(|(ep, s)| match s {
-                None => vec!["?".into(), ep.clone(), "unreachable".into(), "".into(), "".into(), "".into(), "".into(), "".into()],
+                None => vec![
+                    "?".into(),
+                    ep.clone(),
+                    "unreachable".into(),
+                    "".into(),
+                    "".into(),
+                    "".into(),
+                    "".into(),
+                    "".into(),
+                ],
                 Some(s) => {
                     let applied = s["applied_index"].as_u64().unwrap_or(0);
                     vec![
@@ -322,7 +328,9 @@ impl Ctl {
         let mut failed = None;
         for ep in targets {
             let r = match set {
-                Some(f) => self.http.request(ep, "PUT", "/admin/log", Some(json!({"filter": f}).to_string().as_bytes())),
+                Some(f) => {
+                    self.http.request(ep, "PUT", "/admin/log", Some(json!({"filter": f}).to_string().as_bytes()))
+                }
                 None => self.http.get(ep, "/admin/log"),
             };
             match r {
@@ -473,7 +481,10 @@ fn interactive(ctl: &Ctl) -> ExitCode {
     if let Some(h) = &history {
         let _ = rl.load_history(h);
     }
-    println!("raftkv interactive client; endpoints {}. Type 'help' for commands, 'exit' to leave.", ctl.endpoints.join(","));
+    println!(
+        "raftkv interactive client; endpoints {}. Type 'help' for commands, 'exit' to leave.",
+        ctl.endpoints.join(",")
+    );
     let mut status = 0u8;
     loop {
         let line = match rl.readline("raftkv> ") {

@@ -38,7 +38,10 @@ pub enum Verdict {
     Linearizable,
     /// Not linearizable. `window` is the shortest prefix's tail that shows
     /// it: the operations around the first one that cannot be placed.
-    Violation { witness: usize, window: Vec<usize> },
+    Violation {
+        witness: usize,
+        window: Vec<usize>,
+    },
     /// The search ran out of time.
     Unknown,
 }
@@ -344,7 +347,8 @@ mod tests {
         let bad = [op(0, 0, Some(5), w("a")), op(1, 10, Some(20), cas("z", "b"))];
         assert!(check(&bad, T).is_violation());
         // Two successful CAS from the same expected value cannot both happen.
-        let double = [op(0, 0, Some(5), w("a")), op(1, 10, Some(20), cas("a", "b")), op(2, 10, Some(20), cas("a", "c"))];
+        let double =
+            [op(0, 0, Some(5), w("a")), op(1, 10, Some(20), cas("a", "b")), op(2, 10, Some(20), cas("a", "c"))];
         assert!(check(&double, T).is_violation());
     }
 

@@ -68,7 +68,13 @@ pub fn remove_stale_rules(prefix: &str) {
 }
 
 impl ChaosCluster {
-    pub fn new(binary: &Path, n: u64, dir: &Path, net: (u8, u8), extra_args: Vec<String>) -> std::io::Result<ChaosCluster> {
+    pub fn new(
+        binary: &Path,
+        n: u64,
+        dir: &Path,
+        net: (u8, u8),
+        extra_args: Vec<String>,
+    ) -> std::io::Result<ChaosCluster> {
         let mut nodes = Vec::new();
         for id in 1..=n {
             let ip = IpAddr::V4(Ipv4Addr::new(127, net.0, net.1, id as u8));
@@ -150,7 +156,14 @@ impl ChaosCluster {
 
     fn rule(&self, op: &str, from: u64, to: u64) -> bool {
         Command::new("iptables")
-            .args([op, "INPUT", "-s", &self.node(from).addr.ip().to_string(), "-d", &self.node(to).addr.ip().to_string()])
+            .args([
+                op,
+                "INPUT",
+                "-s",
+                &self.node(from).addr.ip().to_string(),
+                "-d",
+                &self.node(to).addr.ip().to_string(),
+            ])
             .args(["-j", "DROP", "-m", "comment", "--comment", &self.tag])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -214,10 +227,7 @@ impl ChaosCluster {
         let http = HttpClient::new(Duration::from_millis(500));
         let start = Instant::now();
         while start.elapsed() < timeout {
-            let all = self
-                .nodes
-                .iter()
-                .all(|n| http.get(&n.addr.to_string(), "/ready").is_ok_and(|r| r.status == 200));
+            let all = self.nodes.iter().all(|n| http.get(&n.addr.to_string(), "/ready").is_ok_and(|r| r.status == 200));
             if all {
                 return true;
             }
@@ -235,7 +245,8 @@ impl ChaosCluster {
         // Largest group of healthy nodes that are all linked to each other
         // (cluster sizes are tiny: try every subset).
         (0u32..(1 << ids.len())).any(|mask| {
-            let group: Vec<u64> = ids.iter().enumerate().filter(|(i, _)| mask & (1 << i) != 0).map(|(_, &id)| id).collect();
+            let group: Vec<u64> =
+                ids.iter().enumerate().filter(|(i, _)| mask & (1 << i) != 0).map(|(_, &id)| id).collect();
             group.len() >= quorum
                 && group.iter().all(|&a| healthy(a))
                 && group.iter().all(|&a| group.iter().all(|&b| a == b || linked(a, b)))

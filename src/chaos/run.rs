@@ -70,7 +70,10 @@ impl Fault {
     }
 
     fn needs_iptables(self) -> bool {
-        matches!(self, Fault::PartitionLeader | Fault::PartitionHalves | Fault::OneWay | Fault::Bridge | Fault::Combined)
+        matches!(
+            self,
+            Fault::PartitionLeader | Fault::PartitionHalves | Fault::OneWay | Fault::Bridge | Fault::Combined
+        )
     }
 }
 
@@ -188,7 +191,10 @@ fn url_key(key: &str) -> String {
 }
 
 /// Classifies one HTTP exchange of a client operation.
-fn classify(res: &Result<crate::client::Response, ClientError>, is_read: bool) -> (Outcome, Option<serde_json::Value>, String) {
+fn classify(
+    res: &Result<crate::client::Response, ClientError>,
+    is_read: bool,
+) -> (Outcome, Option<serde_json::Value>, String) {
     match res {
         Ok(r) => {
             let body = r.json();
@@ -389,7 +395,9 @@ fn nemesis(cluster: &Mutex<ChaosCluster>, cfg: &ChaosConfig, shared: &Shared, en
             shared.degraded.lock().unwrap().push((start, end_us));
         }
         faults.push(FaultRecord { fault: fault.name(), detail, start_us: start, end_us, majority_connected: majority });
-        std::thread::sleep(Duration::from_millis(500 + rng.next_u64() % 1500).min(end.saturating_duration_since(Instant::now())));
+        std::thread::sleep(
+            Duration::from_millis(500 + rng.next_u64() % 1500).min(end.saturating_duration_since(Instant::now())),
+        );
     }
     faults
 }
@@ -414,12 +422,22 @@ fn history_of(records: &[&OpRecord]) -> Vec<HistoryOp> {
 
 fn fmt_op(r: &OpRecord) -> String {
     let what = match r.kind {
-        "read" | "lease-read" => format!("read -> {}", r.read.as_ref().map_or("?".into(), |v| v.clone().unwrap_or_else(|| "(absent)".into()))),
+        "read" | "lease-read" => format!(
+            "read -> {}",
+            r.read.as_ref().map_or("?".into(), |v| v.clone().unwrap_or_else(|| "(absent)".into()))
+        ),
         "write" => format!("write {}", r.value.as_deref().unwrap_or("")),
         _ => format!("cas {} -> {}", r.expect.as_deref().unwrap_or(""), r.value.as_deref().unwrap_or("")),
     };
     let done = r.complete_us.map_or("   (unknown)".to_string(), |c| format!("{:>12.3}", c as f64 / 1e3));
-    format!("  op {:>6}  client {:>2}  node {}  {:>12.3} .. {done} ms  {:?}  {what}", r.id, r.client, r.node, r.invoke_us as f64 / 1e3, r.outcome)
+    format!(
+        "  op {:>6}  client {:>2}  node {}  {:>12.3} .. {done} ms  {:?}  {what}",
+        r.id,
+        r.client,
+        r.node,
+        r.invoke_us as f64 / 1e3,
+        r.outcome
+    )
 }
 
 /// Runs one chaos test and writes its history, faults, logs and summary to
@@ -542,7 +560,9 @@ pub fn run(cfg: &ChaosConfig) -> Result<Report, String> {
     fs::write(cfg.out_dir.join("faults.jsonl"), fl).map_err(|e| e.to_string())?;
 
     // Summary.
-    let count = |kind: Option<&str>, o: Outcome| history.iter().filter(|r| kind.is_none_or(|k| r.kind == k) && r.outcome == o).count();
+    let count = |kind: Option<&str>, o: Outcome| {
+        history.iter().filter(|r| kind.is_none_or(|k| r.kind == k) && r.outcome == o).count()
+    };
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -588,10 +608,15 @@ pub fn run(cfg: &ChaosConfig) -> Result<Report, String> {
         faults.len(),
         by_fault.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ")
     );
-    let _ = writeln!(s, "final reads after healing: {}", if final_reads_ok { "every key read from every node" } else { "FAILED" });
+    let _ = writeln!(
+        s,
+        "final reads after healing: {}",
+        if final_reads_ok { "every key read from every node" } else { "FAILED" }
+    );
     let mut pass = final_reads_ok && unexpected == 0;
     if unexpected > 0 {
-        let _ = writeln!(s, "unexpected responses: {unexpected} (see history.jsonl, detail starting with 'unexpected')");
+        let _ =
+            writeln!(s, "unexpected responses: {unexpected} (see history.jsonl, detail starting with 'unexpected')");
     }
     for (key, v) in &verdicts {
         match v {

@@ -28,8 +28,9 @@ pub async fn ready(state: web::Data<AppState>) -> Result<HttpResponse, ApiError>
     let (s, applied) = status_of(&state).await?;
     let body = json!({"id": s.id, "leader": s.leader, "commit_index": s.commit_index, "applied_index": applied});
     if s.leader.is_none() {
-        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "no leader is known yet")
-            .with("detail", body));
+        return Err(
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "no leader is known yet").with("detail", body)
+        );
     }
     if applied < s.commit_index {
         return Err(ApiError::new(
@@ -54,9 +55,7 @@ pub async fn status(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
 
 /// Prometheus text format.
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type("text/plain; version=0.0.4; charset=utf-8")
-        .body(state.node.metrics.render())
+    HttpResponse::Ok().content_type("text/plain; version=0.0.4; charset=utf-8").body(state.node.metrics.render())
 }
 
 fn log_body() -> Value {
@@ -74,7 +73,10 @@ pub async fn put_log(req: HttpRequest, payload: web::Payload) -> Result<HttpResp
     let v: Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request("invalid_json", format!("the body is not valid JSON: {e}")))?;
     let Some(obj) = v.as_object() else {
-        return Err(ApiError::bad_request("invalid_json", "the body must be a JSON object like {\"filter\": \"info\"}"));
+        return Err(ApiError::bad_request(
+            "invalid_json",
+            "the body must be a JSON object like {\"filter\": \"info\"}",
+        ));
     };
     if let Some(k) = obj.keys().find(|k| k.as_str() != "filter") {
         return Err(ApiError::bad_request("unknown_field", format!("unknown field '{k}' (accepted: filter)")));

@@ -59,8 +59,10 @@ pub fn percent_decode(s: &str) -> Option<Vec<u8>> {
 /// UTF-8, 1 to 1024 bytes; `/` is allowed.
 pub fn parse_key(req: &HttpRequest) -> Result<String, ApiError> {
     let raw = req.uri().path().strip_prefix("/kv/").unwrap_or("");
-    let bytes = percent_decode(raw).ok_or_else(|| ApiError::bad_request("invalid_key", "malformed %-escape in the key"))?;
-    let key = String::from_utf8(bytes).map_err(|_| ApiError::bad_request("invalid_key", "the key is not valid UTF-8"))?;
+    let bytes =
+        percent_decode(raw).ok_or_else(|| ApiError::bad_request("invalid_key", "malformed %-escape in the key"))?;
+    let key =
+        String::from_utf8(bytes).map_err(|_| ApiError::bad_request("invalid_key", "the key is not valid UTF-8"))?;
     if key.is_empty() {
         return Err(ApiError::bad_request("invalid_key", "the key must not be empty: use /kv/<key>"));
     }
@@ -122,14 +124,16 @@ fn u64_param(p: &BTreeMap<String, String>, name: &str) -> Result<Option<u64>, Ap
 /// Reads the whole body, refusing more than `limit` bytes with a 413.
 pub async fn read_body(req: &HttpRequest, mut payload: web::Payload, limit: usize) -> Result<Bytes, ApiError> {
     let too_large = || ApiError::too_large(format!("the request body exceeds {limit} bytes"));
-    if let Some(len) = req.headers().get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok())
+    if let Some(len) =
+        req.headers().get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok())
         && len > limit
     {
         return Err(too_large());
     }
     let mut body = BytesMut::new();
     while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| ApiError::bad_request("invalid_body", format!("could not read the body: {e}")))?;
+        let chunk =
+            chunk.map_err(|e| ApiError::bad_request("invalid_body", format!("could not read the body: {e}")))?;
         if body.len() + chunk.len() > limit {
             return Err(too_large());
         }
@@ -157,9 +161,15 @@ pub fn parse_put_body(body: &[u8], key: String, max_value: usize) -> Result<Comm
         .with("field", json!(k)));
     }
     let value = match map.get("value") {
-        None => return Err(ApiError::bad_request("missing_field", "missing field 'value'").with("field", json!("value"))),
+        None => {
+            return Err(ApiError::bad_request("missing_field", "missing field 'value'").with("field", json!("value")));
+        }
         Some(Value::String(s)) => s.clone(),
-        Some(_) => return Err(ApiError::bad_request("invalid_field", "'value' must be a string").with("field", json!("value"))),
+        Some(_) => {
+            return Err(
+                ApiError::bad_request("invalid_field", "'value' must be a string").with("field", json!("value"))
+            );
+        }
     };
     if value.len() > max_value {
         return Err(ApiError::too_large(format!("the value is {} bytes; the limit is {max_value}", value.len())));
@@ -175,7 +185,9 @@ pub fn parse_put_body(body: &[u8], key: String, max_value: usize) -> Result<Comm
             .with("field", json!("if_value")));
         }
         Some(_) => {
-            return Err(ApiError::bad_request("invalid_field", "'if_value' must be a string").with("field", json!("if_value")));
+            return Err(
+                ApiError::bad_request("invalid_field", "'if_value' must be a string").with("field", json!("if_value"))
+            );
         }
     };
     let if_revision = match map.get("if_revision") {
@@ -219,12 +231,7 @@ where
     let (tx, rx) = oneshot::channel::<ClientResult>();
     let deadline = state.settings.request_timeout;
     let asked = async {
-        state
-            .node
-            .consensus
-            .send(make(tx))
-            .await
-            .map_err(|_| ApiError::no_leader("the node is shutting down"))?;
+        state.node.consensus.send(make(tx)).await.map_err(|_| ApiError::no_leader("the node is shutting down"))?;
         rx.await.map_err(|_| ApiError::timeout("the request was accepted but its outcome was lost"))
     };
     let result = match tokio::time::timeout(deadline, asked).await {
@@ -242,7 +249,10 @@ where
             forward(state, fwd, req, body, leader).await.map(Reply::Forwarded)
         }
         Err(ClientError::NotLeader { leader }) => Err(ApiError::no_leader(match leader {
-            Some(l) => format!("node {} is not the leader and the request was already forwarded; leader is {l}", state.settings.id),
+            Some(l) => format!(
+                "node {} is not the leader and the request was already forwarded; leader is {l}",
+                state.settings.id
+            ),
             None => "no leader is known right now; retry shortly".to_string(),
         })),
         Err(ClientError::Dropped) => Err(ApiError::new(
@@ -255,7 +265,13 @@ where
 }
 
 /// Relays the request to the leader and its answer back.
-async fn forward(state: &AppState, fwd: &Forwarder, req: &HttpRequest, body: Bytes, leader: NodeId) -> Result<HttpResponse, ApiError> {
+async fn forward(
+    state: &AppState,
+    fwd: &Forwarder,
+    req: &HttpRequest,
+    body: Bytes,
+    leader: NodeId,
+) -> Result<HttpResponse, ApiError> {
     let Some(addr) = state.settings.address_of(leader) else {
         return Err(ApiError::no_leader(format!("leader {leader} has no known address")));
     };
@@ -335,7 +351,8 @@ fn read_response(result: QueryResult, stale: bool) -> HttpResponse {
             ok.json(v)
         }
         QueryResult::NotFound { key } => {
-            let err = ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("key '{key}' not found")).with("key", json!(key));
+            let err = ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("key '{key}' not found"))
+                .with("key", json!(key));
             let mut resp = actix_web::ResponseError::error_response(&err);
             if stale {
                 resp.headers_mut().insert(
@@ -355,7 +372,13 @@ fn read_response(result: QueryResult, stale: bool) -> HttpResponse {
     }
 }
 
-async fn read(state: &AppState, fwd: &Forwarder, req: &HttpRequest, query: Query, c: Consistency) -> Result<HttpResponse, ApiError> {
+async fn read(
+    state: &AppState,
+    fwd: &Forwarder,
+    req: &HttpRequest,
+    query: Query,
+    c: Consistency,
+) -> Result<HttpResponse, ApiError> {
     let planted = state.settings.planted_bug == Some(PlantedBug::LocalReads);
     if c == Consistency::Stale || planted {
         let (result, _) = state
@@ -375,7 +398,13 @@ async fn read(state: &AppState, fwd: &Forwarder, req: &HttpRequest, query: Query
     }
 }
 
-async fn write(state: &AppState, fwd: &Forwarder, req: &HttpRequest, body: Bytes, command: Command) -> Result<HttpResponse, ApiError> {
+async fn write(
+    state: &AppState,
+    fwd: &Forwarder,
+    req: &HttpRequest,
+    body: Bytes,
+    command: Command,
+) -> Result<HttpResponse, ApiError> {
     match submit(state, fwd, req, body, |reply| ClientWrite { command, reply }).await? {
         Reply::Forwarded(r) => Ok(r),
         Reply::Done(ClientOutcome::Write(result)) => Ok(write_response(result)),
@@ -384,7 +413,11 @@ async fn write(state: &AppState, fwd: &Forwarder, req: &HttpRequest, body: Bytes
 }
 
 /// `GET /kv/{key}?consistency=linearizable|lease|stale`
-pub async fn get_key(req: HttpRequest, state: web::Data<AppState>, fwd: web::Data<Forwarder>) -> Result<HttpResponse, ApiError> {
+pub async fn get_key(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    fwd: web::Data<Forwarder>,
+) -> Result<HttpResponse, ApiError> {
     if req.uri().path() == "/kv/" {
         return list(req, state, fwd).await;
     }
@@ -409,7 +442,11 @@ pub async fn put_key(
 }
 
 /// `DELETE /kv/{key}?if_revision=n`
-pub async fn delete_key(req: HttpRequest, state: web::Data<AppState>, fwd: web::Data<Forwarder>) -> Result<HttpResponse, ApiError> {
+pub async fn delete_key(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    fwd: web::Data<Forwarder>,
+) -> Result<HttpResponse, ApiError> {
     let key = parse_key(&req)?;
     let p = params(&req, &["if_revision"])?;
     let if_revision = u64_param(&p, "if_revision")?;
@@ -417,7 +454,11 @@ pub async fn delete_key(req: HttpRequest, state: web::Data<AppState>, fwd: web::
 }
 
 /// `GET /kv?prefix=p&limit=n&consistency=...`
-pub async fn list(req: HttpRequest, state: web::Data<AppState>, fwd: web::Data<Forwarder>) -> Result<HttpResponse, ApiError> {
+pub async fn list(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    fwd: web::Data<Forwarder>,
+) -> Result<HttpResponse, ApiError> {
     let p = params(&req, &["prefix", "limit", "consistency"])?;
     let c = consistency(&p)?;
     let limit = match u64_param(&p, "limit")? {
@@ -443,7 +484,10 @@ mod tests {
     #[test]
     fn put_bodies_are_strict() {
         let p = |b: &str| parse_put_body(b.as_bytes(), "k".into(), 10);
-        assert_eq!(p(r#"{"value":"v"}"#).unwrap(), Command::Put { key: "k".into(), value: "v".into(), condition: Condition::None });
+        assert_eq!(
+            p(r#"{"value":"v"}"#).unwrap(),
+            Command::Put { key: "k".into(), value: "v".into(), condition: Condition::None }
+        );
         assert_eq!(
             p(r#"{"value":"v","if_revision":0}"#).unwrap(),
             Command::Put { key: "k".into(), value: "v".into(), condition: Condition::IfRevision(0) }

@@ -106,9 +106,7 @@ async fn method_not_allowed(req: HttpRequest) -> Result<HttpResponse, ApiError> 
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(
-        web::resource("/kv")
-            .route(web::get().to(client_api::list))
-            .default_service(web::to(method_not_allowed)),
+        web::resource("/kv").route(web::get().to(client_api::list)).default_service(web::to(method_not_allowed)),
     )
     .service(
         web::resource("/kv/{key:.*}")
@@ -120,7 +118,9 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .service(web::resource("/health").route(web::get().to(admin::health)).default_service(web::to(method_not_allowed)))
     .service(web::resource("/ready").route(web::get().to(admin::ready)).default_service(web::to(method_not_allowed)))
     .service(web::resource("/status").route(web::get().to(admin::status)).default_service(web::to(method_not_allowed)))
-    .service(web::resource("/metrics").route(web::get().to(admin::metrics)).default_service(web::to(method_not_allowed)))
+    .service(
+        web::resource("/metrics").route(web::get().to(admin::metrics)).default_service(web::to(method_not_allowed)),
+    )
     .service(
         web::resource("/admin/log")
             .route(web::get().to(admin::get_log))

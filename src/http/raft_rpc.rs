@@ -13,9 +13,14 @@ use crate::actors::consensus::InboundRpc;
 use crate::codec::{decode_message, encode_message};
 use crate::raft::MessageKind;
 
-pub async fn handle(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+pub async fn handle(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
     let body = read_body(&req, payload, state.peer_body_limit()).await?;
-    let msg = decode_message(body).map_err(|e| ApiError::bad_request("invalid_message", format!("bad Raft message: {e}")))?;
+    let msg =
+        decode_message(body).map_err(|e| ApiError::bad_request("invalid_message", format!("bad Raft message: {e}")))?;
     let expected = match req.path() {
         "/raft/append_entries" => msg.body.kind() == MessageKind::AppendEntries,
         "/raft/heartbeat" => msg.body.kind() == MessageKind::Heartbeat,

@@ -42,11 +42,21 @@ pub struct Item {
 /// The outcome of applying a command.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CommandResult {
-    Put { key: String, revision: u64 },
-    Deleted { key: String, deleted: bool, revision: u64 },
+    Put {
+        key: String,
+        revision: u64,
+    },
+    Deleted {
+        key: String,
+        deleted: bool,
+        revision: u64,
+    },
     /// The condition did not hold; nothing changed. `current` is the key's
     /// state when the command was applied.
-    PreconditionFailed { key: String, current: Option<Item> },
+    PreconditionFailed {
+        key: String,
+        current: Option<Item>,
+    },
 }
 
 /// A read.
@@ -59,9 +69,14 @@ pub enum Query {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum QueryResult {
     Found(Item),
-    NotFound { key: String },
+    NotFound {
+        key: String,
+    },
     /// Matching items in key order, and the index the store has applied.
-    Items { items: Vec<Item>, revision: u64 },
+    Items {
+        items: Vec<Item>,
+        revision: u64,
+    },
 }
 
 // --- encoding ----------------------------------------------------------------
@@ -292,10 +307,16 @@ mod tests {
             }
         );
         assert!(matches!(s.apply(3, put("k", "b", Condition::IfValue("a".into()))), CommandResult::Put { .. }));
-        assert!(matches!(s.apply(4, put("k", "c", Condition::IfRevision(1))), CommandResult::PreconditionFailed { .. }));
+        assert!(matches!(
+            s.apply(4, put("k", "c", Condition::IfRevision(1))),
+            CommandResult::PreconditionFailed { .. }
+        ));
         assert!(matches!(s.apply(5, put("k", "c", Condition::IfRevision(3))), CommandResult::Put { .. }));
         // if_revision 0: create only.
-        assert!(matches!(s.apply(6, put("k", "d", Condition::IfRevision(0))), CommandResult::PreconditionFailed { .. }));
+        assert!(matches!(
+            s.apply(6, put("k", "d", Condition::IfRevision(0))),
+            CommandResult::PreconditionFailed { .. }
+        ));
         assert!(matches!(s.apply(7, put("new", "d", Condition::IfRevision(0))), CommandResult::Put { .. }));
         // if_value on a missing key fails with current = null.
         assert_eq!(
@@ -308,7 +329,10 @@ mod tests {
     fn delete_reports_whether_it_removed_something() {
         let mut s = KvStore::new();
         s.apply(1, put("k", "a", Condition::None));
-        assert!(matches!(s.apply(2, Command::Delete { key: "k".into(), if_revision: Some(7) }), CommandResult::PreconditionFailed { .. }));
+        assert!(matches!(
+            s.apply(2, Command::Delete { key: "k".into(), if_revision: Some(7) }),
+            CommandResult::PreconditionFailed { .. }
+        ));
         assert_eq!(
             s.apply(3, Command::Delete { key: "k".into(), if_revision: Some(1) }),
             CommandResult::Deleted { key: "k".into(), deleted: true, revision: 3 }
@@ -325,7 +349,8 @@ mod tests {
         for (i, k) in ["b/2", "a", "b/1", "b/3", "c"].iter().enumerate() {
             s.apply(i as u64 + 1, put(k, "v", Condition::None));
         }
-        let QueryResult::Items { items, revision } = s.query(&Query::List { prefix: "b/".into(), limit: Some(2) }) else {
+        let QueryResult::Items { items, revision } = s.query(&Query::List { prefix: "b/".into(), limit: Some(2) })
+        else {
             panic!()
         };
         assert_eq!(items.iter().map(|i| i.key.as_str()).collect::<Vec<_>>(), ["b/1", "b/2"]);

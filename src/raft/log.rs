@@ -110,11 +110,7 @@ impl RaftLog {
     /// Advances `commit_index`; it never goes backwards.
     pub fn commit_to(&mut self, index: Index) -> bool {
         if index > self.commit_index {
-            assert!(
-                index <= self.last_index(),
-                "commit index {index} beyond last index {}",
-                self.last_index()
-            );
+            assert!(index <= self.last_index(), "commit index {index} beyond last index {}", self.last_index());
             self.commit_index = index;
             true
         } else {
@@ -227,11 +223,7 @@ impl Durability {
     /// Records that everything unissued was handed to storage as op `seq`.
     pub fn issue(&mut self, last_index: Index) -> u64 {
         self.issued += 1;
-        self.in_flight.push_back(InFlight {
-            seq: self.issued,
-            truncate_from: self.truncate_from,
-            last_index,
-        });
+        self.in_flight.push_back(InFlight { seq: self.issued, truncate_from: self.truncate_from, last_index });
         self.hard_state_dirty = false;
         self.truncate_from = None;
         self.append_from = None;

@@ -56,17 +56,19 @@ pub enum Body {
     },
     /// A leader's heartbeat. `commit` is `min(match_index[peer], commit_index)`,
     /// so a follower never commits entries it has not been shown to hold.
-    Heartbeat { commit: Index, ctx: u64 },
-    HeartbeatResponse { ctx: u64 },
+    Heartbeat {
+        commit: Index,
+        ctx: u64,
+    },
+    HeartbeatResponse {
+        ctx: u64,
+    },
 }
 
 impl Body {
     /// Requests expect a response; responses do not.
     pub fn is_request(&self) -> bool {
-        matches!(
-            self,
-            Body::RequestVote { .. } | Body::AppendEntries { .. } | Body::Heartbeat { .. }
-        )
+        matches!(self, Body::RequestVote { .. } | Body::AppendEntries { .. } | Body::Heartbeat { .. })
     }
 
     pub fn kind(&self) -> MessageKind {

@@ -644,11 +644,8 @@ impl Raft {
             self.log.last_index(),
             self.log.last_term()
         );
-        let body = Body::RequestVote {
-            pre_vote,
-            last_log_index: self.log.last_index(),
-            last_log_term: self.log.last_term(),
-        };
+        let body =
+            Body::RequestVote { pre_vote, last_log_index: self.log.last_index(), last_log_term: self.log.last_term() };
         let voters: Vec<NodeId> = self.voters.voters().iter().copied().collect();
         for v in voters {
             if v == self.id {
@@ -680,13 +677,8 @@ impl Raft {
         self.booting = false;
         let next = self.log.last_index() + 1;
         let now = self.now;
-        self.progress = self
-            .voters
-            .voters()
-            .iter()
-            .filter(|&&v| v != self.id)
-            .map(|&v| (v, Progress::new(next, now)))
-            .collect();
+        self.progress =
+            self.voters.voters().iter().filter(|&&v| v != self.id).map(|&v| (v, Progress::new(next, now))).collect();
         self.read_only = ReadOnly::default();
         // §5.4.2 / §8: a new leader commits an entry of its own term.
         self.append_entry(EntryData::Noop);
@@ -719,8 +711,8 @@ impl Raft {
         };
         // "... and candidate's log is at least as up-to-date as receiver's
         // log, grant vote" (§5.4.1, the election restriction).
-        let up_to_date = cfg!(mutation = "no_election_restriction")
-            || self.log.is_up_to_date(last_log_index, last_log_term);
+        let up_to_date =
+            cfg!(mutation = "no_election_restriction") || self.log.is_up_to_date(last_log_index, last_log_term);
         let granted = can_vote && up_to_date;
         info!(
             target: T_ELECTION,
@@ -926,7 +918,8 @@ impl Raft {
         conflict_term: Option<Term>,
         ctx: u64,
     ) {
-        let body = Body::AppendEntriesResponse { success, prev_log_index, match_index, conflict_index, conflict_term, ctx };
+        let body =
+            Body::AppendEntriesResponse { success, prev_log_index, match_index, conflict_index, conflict_term, ctx };
         self.respond(req, body);
     }
 

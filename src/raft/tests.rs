@@ -159,7 +159,6 @@ impl Net {
             self.settle();
         }
     }
-
 }
 
 fn leader_of(net: &Net) -> Vec<NodeId> {
@@ -561,8 +560,7 @@ fn proposals_arriving_together_share_one_append_and_one_write() {
     }
     let rd = net.node(1).ready();
     assert_eq!(rd.persist.as_ref().unwrap().entries.len(), 50);
-    let appends: Vec<&Message> =
-        rd.messages.iter().filter(|m| matches!(m.body, Body::AppendEntries { .. })).collect();
+    let appends: Vec<&Message> = rd.messages.iter().filter(|m| matches!(m.body, Body::AppendEntries { .. })).collect();
     assert_eq!(appends.len(), 2, "one per follower");
     for m in appends {
         let Body::AppendEntries { entries, .. } = &m.body else { unreachable!() };

@@ -14,8 +14,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-pub use raftkv::client::{HttpClient, Response};
 use raftkv::chaos::cluster::node_command;
+pub use raftkv::client::{HttpClient, Response};
 use serde_json::{Value, json};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_raftkv");
@@ -251,7 +251,20 @@ pub fn iptables_available() -> bool {
 
 fn iptables(op: &str, from: IpAddr, to: IpAddr) -> bool {
     Command::new("iptables")
-        .args([op, "INPUT", "-s", &from.to_string(), "-d", &to.to_string(), "-j", "DROP", "-m", "comment", "--comment", "raftkv-test"])
+        .args([
+            op,
+            "INPUT",
+            "-s",
+            &from.to_string(),
+            "-d",
+            &to.to_string(),
+            "-j",
+            "DROP",
+            "-m",
+            "comment",
+            "--comment",
+            "raftkv-test",
+        ])
         .status()
         .is_ok_and(|s| s.success())
 }
