@@ -86,7 +86,7 @@ pub fn open(data_dir: &Path) -> Result<(Recovered, WalWriter), WalError> {
         sync_dir(dir).map_err(io)?;
         info!(target: T_STORAGE, "created write-ahead log {}", path.display());
     }
-    let buf = fs::read(&path).map_err(io)?;
+    let buf = Bytes::from(fs::read(&path).map_err(io)?);
     let (recovered, valid_len) = replay(&path, &buf)?;
     if (valid_len as usize) < buf.len() {
         file.set_len(valid_len).map_err(io)?;
@@ -104,8 +104,8 @@ pub fn open(data_dir: &Path) -> Result<(Recovered, WalWriter), WalError> {
 }
 
 /// Replays `buf` (the file at `path`); returns the state and the length of
-/// the valid prefix.
-pub fn replay(path: &Path, buf: &[u8]) -> Result<(Recovered, u64), WalError> {
+/// the valid prefix. Entry payloads are slices of `buf`, not copies.
+pub fn replay(path: &Path, buf: &Bytes) -> Result<(Recovered, u64), WalError> {
     let corrupt =
         |offset: usize, reason: String| WalError::Corrupt { path: path.to_path_buf(), offset: offset as u64, reason };
     if buf.len() < MAGIC.len() || &buf[..MAGIC.len()] != MAGIC {
@@ -116,7 +116,7 @@ pub fn replay(path: &Path, buf: &[u8]) -> Result<(Recovered, u64), WalError> {
     while pos < buf.len() {
         match parse_record(buf, pos) {
             Ok((kind, payload, next)) => {
-                apply_record(&mut rec, kind, payload).map_err(|reason| corrupt(pos, reason))?;
+                apply_record(&mut rec, kind, buf.slice(payload)).map_err(|reason| corrupt(pos, reason))?;
                 pos = next;
             }
             Err(reason) => {
@@ -138,8 +138,8 @@ pub fn replay(path: &Path, buf: &[u8]) -> Result<(Recovered, u64), WalError> {
     Ok((rec, pos as u64))
 }
 
-/// Parses the record at `pos`: (kind, payload, offset after it).
-fn parse_record(buf: &[u8], pos: usize) -> Result<(u8, &[u8], usize), String> {
+/// Parses the record at `pos`: (kind, payload range, offset after it).
+fn parse_record(buf: &[u8], pos: usize) -> Result<(u8, std::ops::Range<usize>, usize), String> {
     let rest = buf.len() - pos;
     if rest < HEADER + 1 {
         return Err(format!("incomplete record header ({rest} bytes)"));
@@ -156,7 +156,7 @@ fn parse_record(buf: &[u8], pos: usize) -> Result<(u8, &[u8], usize), String> {
     if crc32fast::hash(body) != crc {
         return Err("checksum mismatch".into());
     }
-    Ok((body[0], &body[1..], pos + HEADER + len))
+    Ok((body[0], pos + HEADER + 1..pos + HEADER + len, pos + HEADER + len))
 }
 
 /// The offset of the first well-formed record at or after `from`.
@@ -167,8 +167,8 @@ fn find_valid_record(buf: &[u8], from: usize) -> Option<usize> {
     })
 }
 
-fn apply_record(rec: &mut Recovered, kind: u8, payload: &[u8]) -> Result<(), String> {
-    let mut r = Reader::new(Bytes::copy_from_slice(payload));
+fn apply_record(rec: &mut Recovered, kind: u8, payload: Bytes) -> Result<(), String> {
+    let mut r = Reader::new(payload);
     match kind {
         KIND_HARD_STATE => {
             let term = r.u64("term").map_err(|e| e.0)?;

@@ -246,7 +246,7 @@ fn client_loop(id: usize, cfg: &ChaosConfig, cluster_addrs: &[String], shared: &
             detail: String::new(),
         };
         let (outcome, body, detail) = if roll < 45 {
-            let lease = cfg.lease_reads && rng.next_u64() % 2 == 0;
+            let lease = cfg.lease_reads && rng.next_u64().is_multiple_of(2);
             if lease {
                 rec.kind = "lease-read";
             }

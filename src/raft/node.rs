@@ -173,6 +173,9 @@ pub struct Raft {
     // --- Volatile state on leaders ---
     /// `nextIndex` and `matchIndex` of figure 2 with flow control, per peer.
     progress: BTreeMap<NodeId, Progress>,
+    /// Log target per peer (`raftkv::replication::<peer>`), built once so
+    /// the replication path does not format a string per response.
+    replication_targets: BTreeMap<NodeId, String>,
     read_only: ReadOnly,
     /// Entries proposed through this node that are still in the log and not
     /// yet applied: index -> request id.
@@ -215,6 +218,7 @@ impl Raft {
             now: 0,
             votes: BTreeMap::new(),
             progress: BTreeMap::new(),
+            replication_targets: BTreeMap::new(),
             read_only: ReadOnly::default(),
             proposals: BTreeMap::new(),
             broadcast_pending: false,
@@ -225,6 +229,7 @@ impl Raft {
             failed_reads: Vec::new(),
             dropped_proposals: Vec::new(),
         };
+        raft.replication_targets = raft.cfg.voters.iter().map(|&v| (v, replication_target(v))).collect();
         raft.reset_election_timer();
         info!(
             target: T_ELECTION,
@@ -987,7 +992,7 @@ impl Raft {
             unreachable!()
         };
         let now = self.now;
-        let target = replication_target(m.from);
+        let target = self.replication_targets.get(&m.from).map_or("raftkv::replication", String::as_str);
         let Some(p) = self.progress.get_mut(&m.from) else { return };
         p.recent_active = true;
         p.acked_ctx = p.acked_ctx.max(ctx);
@@ -995,11 +1000,11 @@ impl Raft {
         if success {
             let old = p.match_index;
             if p.maybe_update(match_index) {
-                debug!(target: &target, "replication to {}: match {} -> {}", m.from, old, match_index);
+                debug!(target: target, "replication to {}: match {} -> {}", m.from, old, match_index);
             }
             if p.state == ProgressState::Probe {
                 p.become_replicate();
-                debug!(target: &target, "replication to {}: probe -> replicate at {}", m.from, p.next_index);
+                debug!(target: target, "replication to {}: probe -> replicate at {}", m.from, p.next_index);
             }
             self.maybe_commit();
         } else {
@@ -1013,7 +1018,7 @@ impl Raft {
             };
             if p.maybe_decrease(prev_log_index, hint) {
                 debug!(
-                    target: &target,
+                    target: target,
                     "replication to {}: rejected at {}, next index {}",
                     m.from,
                     prev_log_index,
