@@ -44,6 +44,9 @@ struct Args {
     /// Extra flags for every raftkv node, e.g. "--max-inflight 1".
     #[arg(long, default_value = "", allow_hyphen_values = true)]
     raftkv_args: String,
+    /// raftkv nodes listen on base+1..3, the ceiling on base+100.
+    #[arg(long, default_value_t = 18000)]
+    port_base: u16,
     /// A heading for this run in the report.
     #[arg(long, default_value = "")]
     label: String,
@@ -323,7 +326,8 @@ fn main() {
     }
 
     // --- raftkv: 3 nodes, default settings ---
-    let raft_addrs: Vec<String> = (1..=3).map(|i| format!("127.0.0.1:1800{i}")).collect();
+    let raft_addrs: Vec<String> = (1..=3).map(|i| format!("127.0.0.1:{}", args.port_base + i)).collect();
+    let ceiling_addr = format!("127.0.0.1:{}", args.port_base + 100);
     let raft_cmd = |i: usize| {
         let peers: Vec<String> = (1..=3).filter(|&j| j != i).map(|j| format!("{j}={}", raft_addrs[j - 1])).collect();
         let mut c = Command::new(&bin);
@@ -361,11 +365,7 @@ fn main() {
         Vec::new()
     };
     let _ceiling = (!args.only_raftkv).then(|| {
-        Proc::spawn(
-            "ceiling",
-            Command::new(&ceiling_bin).args(["--listen", "127.0.0.1:18100"]),
-            &dir.join("ceiling.log"),
-        )
+        Proc::spawn("ceiling", Command::new(&ceiling_bin).args(["--listen", &ceiling_addr]), &dir.join("ceiling.log"))
     });
 
     eprintln!("waiting for leaders...");
@@ -374,7 +374,7 @@ fn main() {
         wait_until("an etcd leader", Duration::from_secs(30), || etcd_leader(&http, &etcd_addrs).is_some());
     }
     if _ceiling.is_some() {
-        wait_until("the ceiling", Duration::from_secs(10), || http.get("127.0.0.1:18100", "/health").is_ok());
+        wait_until("the ceiling", Duration::from_secs(10), || http.get(&ceiling_addr, "/health").is_ok());
     }
     let rl = raftkv_leader(&http, &raft_addrs).unwrap();
     let mut targets =
@@ -388,7 +388,7 @@ fn main() {
         });
     }
     if let Some(c) = &_ceiling {
-        targets.push(Target { sys: System::Ceiling, addr: "127.0.0.1:18100".into(), pids: vec![c.pid()] });
+        targets.push(Target { sys: System::Ceiling, addr: ceiling_addr.clone(), pids: vec![c.pid()] });
     }
 
     eprintln!("preloading {KEYS} keys into each system...");
