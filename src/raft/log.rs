@@ -75,7 +75,13 @@ impl RaftLog {
     /// Entries from `from` on, at most `max_bytes` of them (but at least one
     /// when any exist, so a large entry still goes out).
     pub fn entries_from(&self, from: Index, max_bytes: usize) -> Vec<Entry> {
-        let all = self.slice(from, self.last_index());
+        self.entries_between(from, self.last_index(), max_bytes)
+    }
+
+    /// Entries from `from` to `to` inclusive, capped at `max_bytes` as
+    /// `entries_from` is.
+    pub fn entries_between(&self, from: Index, to: Index, max_bytes: usize) -> Vec<Entry> {
+        let all = self.slice(from, to);
         let mut size = 0;
         let mut n = 0;
         for e in all {
@@ -178,6 +184,9 @@ pub struct Durability {
     /// Sequence number of the last `PersistOp` storage reported durable.
     pub acked: u64,
     in_flight: VecDeque<InFlight>,
+    /// Last index of the log as the ops handed out so far describe it: what
+    /// storage will hold once it has carried them all out.
+    pub issued_last_index: Index,
     /// Changes since the last op: hard state changed, lowest truncation
     /// point, first index of entries not yet handed to storage.
     pub hard_state_dirty: bool,
@@ -190,7 +199,7 @@ pub struct Durability {
 
 impl Durability {
     pub fn new(stable_index: Index) -> Self {
-        Durability { stable_index, ..Default::default() }
+        Durability { stable_index, issued_last_index: stable_index, ..Default::default() }
     }
 
     /// True when there are changes not yet handed to storage.
@@ -220,10 +229,38 @@ impl Durability {
         self.stable_index = self.stable_index.min(index - 1);
     }
 
-    /// Records that everything unissued was handed to storage as op `seq`.
-    pub fn issue(&mut self, last_index: Index) -> u64 {
+    /// The unissued changes as a self-consistent op against what storage
+    /// will hold (see `PersistOp`): (truncate from, append from), given the
+    /// log's last index now. Entries that were appended and truncated again
+    /// before any op carried them never reach storage, so a truncation
+    /// beyond what was issued is no truncation at all: within one batch of
+    /// inputs, a stale leader's append of 6..8 followed by the new leader's
+    /// replacement from 7 is "append from 6", not "truncate at 7, append 6".
+    pub fn unissued_range(&self, last_index: Index) -> (Option<Index>, Option<Index>) {
+        let start = match (self.truncate_from, self.append_from) {
+            (Some(t), Some(a)) => Some(t.min(a)),
+            (t, a) => t.or(a),
+        };
+        let Some(start) = start else { return (None, None) };
+        let append_from = (start <= last_index).then_some(start);
+        if start <= self.issued_last_index {
+            (Some(start), append_from)
+        } else {
+            debug_assert!(
+                append_from.is_none_or(|a| a == self.issued_last_index + 1),
+                "unissued entries from {start} leave a gap after {}",
+                self.issued_last_index
+            );
+            (None, append_from.map(|_| self.issued_last_index + 1))
+        }
+    }
+
+    /// Records that everything unissued was handed to storage as op `seq`,
+    /// which truncates at `truncate_from` and leaves a log ending at `last_index`.
+    pub fn issue(&mut self, truncate_from: Option<Index>, last_index: Index) -> u64 {
         self.issued += 1;
-        self.in_flight.push_back(InFlight { seq: self.issued, truncate_from: self.truncate_from, last_index });
+        self.in_flight.push_back(InFlight { seq: self.issued, truncate_from, last_index });
+        self.issued_last_index = last_index;
         self.hard_state_dirty = false;
         self.truncate_from = None;
         self.append_from = None;
@@ -321,15 +358,37 @@ mod tests {
     fn durability_tracks_truncation_after_an_issued_op() {
         let mut d = Durability::new(0);
         d.note_append(1);
-        let s1 = d.issue(10); // entries 1..=10
+        let s1 = d.issue(None, 10); // entries 1..=10
         d.note_truncate(8); // a new leader replaces 8..
         d.note_append(8);
-        let s2 = d.issue(9);
+        assert_eq!(d.unissued_range(9), (Some(8), Some(8)));
+        let s2 = d.issue(Some(8), 9);
         assert!(d.ack(s1, 9));
         assert_eq!(d.stable_index, 7, "8..10 of op 1 were replaced by op 2");
         assert!(d.ack(s2, 9));
         assert_eq!(d.stable_index, 9);
         assert!(!d.ack(s2, 9), "duplicate ack is ignored");
+    }
+
+    /// Issue 9, finding 2: one batch of inputs appends 6..=8 (a deposed
+    /// leader's late AppendEntries) and then replaces 7.. (the new leader's).
+    /// The op must not say "truncate at 7" to a storage that holds 5 entries.
+    #[test]
+    fn a_truncation_of_entries_never_issued_is_no_truncation() {
+        let mut d = Durability::new(5);
+        d.note_append(6);
+        d.note_truncate(7);
+        d.note_append(7);
+        assert_eq!(d.unissued_range(8), (None, Some(6)));
+        // Beyond what was issued, but below: a real truncation.
+        let mut d = Durability::new(5);
+        d.note_truncate(4);
+        d.note_append(4);
+        assert_eq!(d.unissued_range(4), (Some(4), Some(4)));
+        // Hard state only.
+        let mut d = Durability::new(5);
+        d.hard_state_dirty = true;
+        assert_eq!(d.unissued_range(5), (None, None));
     }
 
     #[test]
@@ -338,7 +397,7 @@ mod tests {
         assert_eq!(d.gate(), 0);
         d.hard_state_dirty = true;
         assert_eq!(d.gate(), 1);
-        d.issue(0);
+        d.issue(None, 0);
         assert_eq!(d.gate(), 1);
         d.ack(1, 0);
         assert_eq!(d.acked, 1);

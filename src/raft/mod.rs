@@ -10,12 +10,14 @@
 //! * `progress.rs` — `nextIndex`/`matchIndex` per follower with flow control.
 //! * `quorum.rs` — majorities.
 //! * `read_only.rs` — ReadIndex rounds for linearizable reads.
+//! * `clock.rs` — elapsed time as ticks, fed before every input.
 //!
 //! A shell drives it in a loop: feed inputs (`tick`, `step`, `propose`,
 //! `read_index`, `on_persisted`, `report_unreachable`), then take `ready()`
 //! and carry it out: persist (then call `on_persisted`), send the messages,
 //! apply the committed entries, serve the released reads.
 
+pub mod clock;
 pub mod log;
 pub mod message;
 pub mod node;
@@ -27,6 +29,7 @@ pub mod types;
 #[cfg(test)]
 mod tests;
 
+pub use clock::TickClock;
 pub use message::{Body, Message, MessageKind};
 pub use node::{Config, NotLeader, PersistOp, Raft, Ready, SplitMix64, replication_target};
 pub use types::{Entry, EntryData, HardState, Index, NodeId, RequestId, Role, Term};

@@ -52,6 +52,10 @@ pub struct Config {
     pub check_quorum: bool,
     /// Seed for the randomized election timeout.
     pub seed: u64,
+    /// Soft cap on the entry bytes handed to the state machine by one
+    /// `ready()` (at least one entry goes out), so that a node catching up
+    /// on a long log keeps ticking and voting between chunks.
+    pub max_apply_bytes: usize,
 }
 
 impl Config {
@@ -82,6 +86,12 @@ pub enum NotLeader {
 /// Storage must make these changes durable, in this order, then call
 /// `Raft::on_persisted(seq)`: hard state, then truncate the log at
 /// `truncate_from` (remove it and everything after), then append `entries`.
+///
+/// An op is self-consistent against the log that the ops before it
+/// describe (of length `L`): `truncate_from`, when set, is at most `L`, and
+/// `entries` start at `truncate_from`, or at `L + 1` when there is no
+/// truncation. So replaying the ops in order never truncates beyond the
+/// log or appends out of place, however many inputs one `ready()` covered.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PersistOp {
     pub seq: u64,
@@ -106,7 +116,10 @@ pub struct Ready {
     pub reads: Vec<(RequestId, Index)>,
     /// Reads that will never be confirmed (leadership lost).
     pub failed_reads: Vec<RequestId>,
-    /// Proposals whose entry was removed from the log: they will never commit.
+    /// Proposals that will never take effect: a different entry was
+    /// committed at their index. (A proposal whose entry was only removed
+    /// from this node's log is not here: another node may still hold it and
+    /// commit it, as in figure 8. Its fate is known once its index commits.)
     pub dropped_proposals: Vec<RequestId>,
 }
 
@@ -118,6 +131,7 @@ impl Ready {
             && self.reads.is_empty()
             && self.failed_reads.is_empty()
             && self.dropped_proposals.is_empty()
+            && self.proposals.is_empty()
     }
 }
 
@@ -180,6 +194,12 @@ pub struct Raft {
     /// Entries proposed through this node that are still in the log and not
     /// yet applied: index -> request id.
     proposals: BTreeMap<Index, RequestId>,
+    /// Proposals whose entry was removed from this node's log before it
+    /// committed, by (index, term of the entry). The entry may survive on
+    /// another node and still commit; once the entry at that index is
+    /// committed, its term tells: the same term means it is this proposal
+    /// (Log Matching), another term means it never will be.
+    orphans: BTreeMap<(Index, Term), RequestId>,
     /// New entries need to go out to the followers in `ready()`.
     broadcast_pending: bool,
 
@@ -221,6 +241,7 @@ impl Raft {
             replication_targets: BTreeMap::new(),
             read_only: ReadOnly::default(),
             proposals: BTreeMap::new(),
+            orphans: BTreeMap::new(),
             broadcast_pending: false,
             durability: Durability::new(stable),
             msgs: Vec::new(),
@@ -291,7 +312,12 @@ impl Raft {
         self.read_only.pending_len()
     }
     pub fn pending_proposals(&self) -> usize {
-        self.proposals.len()
+        self.proposals.len() + self.orphans.len()
+    }
+    /// Committed entries not yet handed out by `ready()` (it hands them out
+    /// in chunks of `max_apply_bytes`).
+    pub fn has_unapplied(&self) -> bool {
+        self.log.commit_index() > self.applied
     }
     pub fn now(&self) -> u64 {
         self.now
@@ -544,23 +570,29 @@ impl Raft {
         let mut rd = Ready::default();
         if self.durability.has_unissued() {
             let hard_state = self.durability.hard_state_dirty.then(|| self.hard_state());
-            let truncate_from = self.durability.truncate_from;
-            let entries = match self.durability.append_from {
+            let (truncate_from, append_from) = self.durability.unissued_range(self.log.last_index());
+            let entries = match append_from {
                 Some(from) => self.log.slice(from, self.log.last_index()).to_vec(),
                 None => Vec::new(),
             };
-            let seq = self.durability.issue(self.log.last_index());
+            let seq = self.durability.issue(truncate_from, self.log.last_index());
             rd.persist = Some(PersistOp { seq, hard_state, truncate_from, entries });
         }
-        let commit = self.log.commit_index();
-        if commit > self.applied {
-            rd.committed = self.log.slice(self.applied + 1, commit).to_vec();
-            let rest = self.proposals.split_off(&(commit + 1));
+        if self.log.commit_index() > self.applied {
+            let commit = self.log.commit_index();
+            rd.committed = self.log.entries_between(self.applied + 1, commit, self.cfg.max_apply_bytes);
+            let upto = self.applied + rd.committed.len() as Index;
+            let rest = self.proposals.split_off(&(upto + 1));
             rd.proposals = std::mem::replace(&mut self.proposals, rest).into_iter().collect();
-            self.applied = commit;
+            self.resolve_orphans(upto, &mut rd.proposals);
+            self.applied = upto;
         }
         rd.messages = std::mem::take(&mut self.msgs);
-        rd.reads = std::mem::take(&mut self.released_reads);
+        // A read goes out with (or after) the entries it must observe.
+        let applied = self.applied;
+        let (now, later) = std::mem::take(&mut self.released_reads).into_iter().partition(|&(_, i)| i <= applied);
+        rd.reads = now;
+        self.released_reads = later;
         rd.failed_reads = std::mem::take(&mut self.failed_reads);
         rd.dropped_proposals = std::mem::take(&mut self.dropped_proposals);
         debug_assert!(rd.reads.iter().all(|&(_, i)| i <= self.applied));
@@ -885,10 +917,34 @@ impl Raft {
             self.log.last_index(),
             self.current_term
         );
+        let removed = self.proposals.split_off(&from);
+        for (index, id) in removed {
+            let term = self.log.term(index).expect("a proposal's entry is in the log");
+            self.orphans.insert((index, term), id);
+        }
         self.log.truncate_from(from);
         self.durability.note_truncate(from);
-        let dropped = self.proposals.split_off(&from);
-        self.dropped_proposals.extend(dropped.into_values());
+    }
+
+    /// Decides the fate of orphaned proposals at indexes up to `upto`, which
+    /// are committed and about to be applied: the proposal's own entry was
+    /// committed (it goes to `proposals`, answered like any other) or
+    /// another one was (it is dropped: it will never take effect).
+    fn resolve_orphans(&mut self, upto: Index, proposals: &mut Vec<(Index, RequestId)>) {
+        if self.orphans.first_key_value().is_none_or(|(&(i, _), _)| i > upto) {
+            return;
+        }
+        let rest = self.orphans.split_off(&(upto + 1, 0));
+        let decided = std::mem::replace(&mut self.orphans, rest);
+        for ((index, term), id) in decided {
+            if self.log.term(index) == Some(term) {
+                debug!(target: T_CONSENSUS, "node {}: orphaned proposal at {index}@{term} committed after all", self.id);
+                proposals.push((index, id));
+            } else {
+                self.dropped_proposals.push(id);
+            }
+        }
+        proposals.sort_unstable();
     }
 
     fn handle_heartbeat(&mut self, m: Message) {

@@ -25,6 +25,7 @@ fn config(id: NodeId, voters: &[NodeId]) -> Config {
         pre_vote: true,
         check_quorum: true,
         seed: id * 7919,
+        max_apply_bytes: 1 << 20,
     }
 }
 
@@ -724,4 +725,130 @@ fn heartbeat_response_does_not_wait_for_storage() {
     assert!(rd.persist.is_some());
     assert_eq!(rd.messages.len(), 1);
     assert!(matches!(rd.messages[0].body, Body::HeartbeatResponse { ctx: 3 }));
+}
+
+// ---------------------------------------------------------------------------
+// What an answer promises (issue 9)
+// ---------------------------------------------------------------------------
+
+/// Everything `ready()` hands out until the node is quiet, storage
+/// completing at once.
+fn drain(r: &mut Raft) -> Ready {
+    let mut all = Ready::default();
+    loop {
+        let rd = r.ready();
+        if rd.is_empty() {
+            return all;
+        }
+        if let Some(op) = &rd.persist {
+            r.on_persisted(op.seq);
+        }
+        all.messages.extend(rd.messages);
+        all.committed.extend(rd.committed);
+        all.proposals.extend(rd.proposals);
+        all.dropped_proposals.extend(rd.dropped_proposals);
+    }
+}
+
+/// Node 1 of five, leader of term 1 with its no-op at 1@1, then a proposal
+/// (request 42) at 2@1 that only reaches node 2.
+fn leader_with_unreplicated_proposal() -> (Raft, Entry) {
+    let ids = [1, 2, 3, 4, 5];
+    let mut r = Raft::new(config(1, &ids), HardState::default(), vec![]);
+    r.campaign_now();
+    drain(&mut r);
+    for pre_vote in [true, false] {
+        for from in [2, 3] {
+            let body = Body::RequestVoteResponse { pre_vote, vote_granted: true };
+            r.step(Message { from, to: 1, term: 1, rpc_id: 0, body });
+        }
+        drain(&mut r);
+    }
+    assert_eq!(r.role(), Role::Leader);
+    assert_eq!(r.propose(42, cmd("x")), Ok(2));
+    drain(&mut r);
+    let x = r.log().entry(2).unwrap().clone();
+    (r, x)
+}
+
+/// Figure 8 of the paper, from the proposer's side: the leader of term 1
+/// proposes X at index 2, which reaches only node 2. The leader of term 2
+/// (node 5) overwrites index 2 on node 1 without committing it. Node 2 then
+/// wins term 3 and commits X. Node 1 must not have told its client that X
+/// "will not take effect" when its copy was overwritten: X did take effect,
+/// and the client learns so once index 2 commits.
+#[test]
+fn a_proposal_removed_from_the_log_is_not_dropped_until_its_index_commits() {
+    let (mut r, x) = leader_with_unreplicated_proposal();
+    let noop2 = Entry { index: 2, term: 2, data: EntryData::Noop };
+    r.step(append(5, 2, (1, 1), vec![noop2], 0));
+    let rd = drain(&mut r);
+    assert_eq!(r.log().term(2), Some(2), "X was overwritten on node 1");
+    assert!(rd.dropped_proposals.is_empty(), "X may still commit elsewhere: its fate is unknown");
+    assert_eq!(r.pending_proposals(), 1, "the client keeps waiting");
+
+    let noop3 = Entry { index: 3, term: 3, data: EntryData::Noop };
+    r.step(append(2, 3, (1, 1), vec![x.clone(), noop3], 3));
+    let rd = drain(&mut r);
+    assert_eq!(rd.committed.get(1), Some(&x));
+    assert_eq!(rd.proposals, vec![(2, 42)], "X committed: its client gets the result");
+    assert!(rd.dropped_proposals.is_empty());
+    assert_eq!(r.pending_proposals(), 0);
+}
+
+/// The other outcome: a different entry commits at X's index, so X will
+/// never take effect, and only now the client may be told so.
+#[test]
+fn a_removed_proposal_is_dropped_once_another_entry_commits_at_its_index() {
+    let (mut r, _) = leader_with_unreplicated_proposal();
+    let noop2 = Entry { index: 2, term: 2, data: EntryData::Noop };
+    r.step(append(5, 2, (1, 1), vec![noop2.clone()], 0));
+    assert!(drain(&mut r).dropped_proposals.is_empty());
+    r.step(Message { from: 5, to: 1, term: 2, rpc_id: 0, body: Body::Heartbeat { commit: 2, ctx: 0 } });
+    let rd = drain(&mut r);
+    assert_eq!(rd.committed.last(), Some(&noop2));
+    assert!(rd.proposals.is_empty());
+    assert_eq!(rd.dropped_proposals, vec![42]);
+}
+
+/// Issue 9, finding 2, at the level of the persist op: one `ready()` covers
+/// a deposed leader's late AppendEntries (appending 6..=8) and the new
+/// leader's conflicting one (replacing 7..). The op must describe the log
+/// as storage will replay it: append from 6, with no truncation at 7 of a
+/// log that holds 5 entries on disk.
+#[test]
+fn one_ready_over_conflicting_appends_gives_a_self_consistent_op() {
+    let log: Vec<Entry> = (1..=5).map(|i| ent(i, 1)).collect();
+    let mut r = follower(log, 2);
+    r.step(append(2, 2, (5, 1), vec![ent(6, 2), ent(7, 2), ent(8, 2)], 0));
+    r.step(append(3, 3, (6, 2), vec![ent(7, 3)], 0));
+    let op = r.ready().persist.expect("a persist op");
+    assert_eq!(op.truncate_from, None, "nothing beyond 5 was ever handed to storage");
+    let idx: Vec<(Index, Term)> = op.entries.iter().map(|e| (e.index, e.term)).collect();
+    assert_eq!(idx, vec![(6, 2), (7, 3)]);
+}
+
+/// Issue 9, finding 8: a node that learns of a long committed log hands it
+/// to the state machine in bounded chunks, so it keeps ticking in between.
+#[test]
+fn committed_entries_are_handed_out_in_bounded_chunks() {
+    let log: Vec<Entry> = (1..=100).map(|i| ent(i, 1)).collect();
+    let per_entry = log[0].size_hint();
+    let mut r = Raft::new(
+        Config { max_apply_bytes: 10 * per_entry, ..config(1, &[1, 2, 3]) },
+        HardState { current_term: 1, voted_for: None },
+        log,
+    );
+    r.step(Message { from: 2, to: 1, term: 1, rpc_id: 0, body: Body::Heartbeat { commit: 100, ctx: 0 } });
+    let mut chunks = Vec::new();
+    while r.has_unapplied() {
+        let rd = r.ready();
+        if let Some(op) = &rd.persist {
+            r.on_persisted(op.seq);
+        }
+        chunks.push(rd.committed.len());
+    }
+    assert_eq!(chunks.iter().sum::<usize>(), 100);
+    assert!(chunks.iter().all(|&n| n <= 10), "{chunks:?}");
+    assert_eq!(r.applied(), 100);
 }
