@@ -4,7 +4,7 @@
 //! randomized timeout itself is drawn inside the core from an injected
 //! seed, so it can be tested without real time). Holds no Raft state.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use actix::prelude::*;
 
@@ -33,7 +33,7 @@ impl Actor for ElectionTimer {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        let h = ctx.run_interval(self.interval, |act, _| act.consensus.do_send(Tick { now: Instant::now() }));
+        let h = ctx.run_interval(self.interval, |act, _| act.consensus.do_send(Tick));
         self.handle = Some(h);
     }
 }

@@ -48,8 +48,8 @@ pub enum ClientError {
     /// This node is not the leader; `leader` is the one it knows, if any.
     /// The request was not proposed.
     NotLeader { leader: Option<NodeId> },
-    /// The write was proposed, but its entry was replaced by a new leader's
-    /// log: it was not applied and never will be.
+    /// The write was proposed, but a different entry was committed at its
+    /// log index: it was not applied and never will be.
     Dropped,
     /// The node is shutting down.
     Unavailable,

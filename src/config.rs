@@ -60,6 +60,10 @@ pub struct Args {
     /// HTTP worker threads (default 2).
     #[arg(long, env = "RAFTKV_HTTP_WORKERS")]
     pub http_workers: Option<usize>,
+    /// Most client writes and reads a node keeps waiting at once; beyond
+    /// it, requests get 503 overloaded (never proposed) (default 4096).
+    #[arg(long, env = "RAFTKV_MAX_PENDING")]
+    pub max_pending: Option<usize>,
     /// TESTING ONLY: run with a deliberate correctness bug, to show that the
     /// chaos checker catches it. `local-reads`: serve linearizable reads from
     /// the local state machine without confirming leadership.
@@ -91,6 +95,7 @@ pub struct FileSettings {
     pub max_value_bytes: Option<usize>,
     pub max_inflight: Option<usize>,
     pub http_workers: Option<usize>,
+    pub max_pending: Option<usize>,
 }
 
 /// `peers = "2=host:port,3=host:port"` or `peers = ["2=host:port", ...]`.
@@ -118,6 +123,7 @@ pub struct Settings {
     pub max_value_bytes: usize,
     pub max_inflight: usize,
     pub http_workers: usize,
+    pub max_pending: usize,
     pub planted_bug: Option<PlantedBug>,
 }
 
@@ -206,6 +212,7 @@ impl Args {
             max_value_bytes: self.max_value_bytes.or(file.max_value_bytes).unwrap_or(1 << 20),
             max_inflight: self.max_inflight.or(file.max_inflight).unwrap_or(1),
             http_workers: self.http_workers.or(file.http_workers).unwrap_or(2),
+            max_pending: self.max_pending.or(file.max_pending).unwrap_or(4096),
             planted_bug: match self.unsafe_planted_bug.as_deref() {
                 None => None,
                 Some("local-reads") => Some(PlantedBug::LocalReads),
@@ -222,8 +229,8 @@ impl Args {
                 s.heartbeat.as_millis()
             ));
         }
-        if s.max_inflight == 0 || s.http_workers == 0 || s.max_value_bytes == 0 {
-            return Err("max_inflight, http_workers and max_value_bytes must be positive".into());
+        if s.max_inflight == 0 || s.http_workers == 0 || s.max_value_bytes == 0 || s.max_pending == 0 {
+            return Err("max_inflight, http_workers, max_value_bytes and max_pending must be positive".into());
         }
         if s.request_timeout.is_zero() || s.peer_timeout.is_zero() {
             return Err("timeouts must be positive".into());

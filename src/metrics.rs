@@ -96,6 +96,10 @@ pub struct Metrics {
     pub pending_proposals: AtomicU64,
     pub pending_reads: AtomicU64,
     pub proposals: AtomicU64,
+    /// Client requests refused unproposed because too many were waiting.
+    pub overloaded_requests: AtomicU64,
+    /// Client requests dropped unproposed because their deadline had passed.
+    pub expired_requests: AtomicU64,
     pub peers: BTreeMap<NodeId, PeerMetrics>,
     // state machine
     pub applied_index: AtomicU64,
@@ -133,6 +137,8 @@ impl Metrics {
             pending_proposals: AtomicU64::new(0),
             pending_reads: AtomicU64::new(0),
             proposals: AtomicU64::new(0),
+            overloaded_requests: AtomicU64::new(0),
+            expired_requests: AtomicU64::new(0),
             peers: peers.into_iter().map(|p| (p, PeerMetrics::default())).collect(),
             applied_index: AtomicU64::new(0),
             keys: AtomicU64::new(0),
@@ -209,6 +215,18 @@ impl Metrics {
             "raftkv_proposals_total",
             "Client writes proposed by this node as leader.",
             self.proposals.load(Relaxed),
+        );
+        c(
+            &mut o,
+            "raftkv_overloaded_requests_total",
+            "Client requests answered 503 overloaded, never proposed.",
+            self.overloaded_requests.load(Relaxed),
+        );
+        c(
+            &mut o,
+            "raftkv_expired_requests_total",
+            "Client requests whose deadline passed before they could be proposed (dropped unproposed).",
+            self.expired_requests.load(Relaxed),
         );
         g(&mut o, "raftkv_pending_proposals", "Proposals waiting to be applied.", self.pending_proposals.load(Relaxed));
         g(

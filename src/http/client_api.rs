@@ -228,6 +228,7 @@ where
     M: actix::Message<Result = ()> + Send + 'static,
     ConsensusActor: actix::Handler<M>,
 {
+    let _slot = state.admit()?;
     let (tx, rx) = oneshot::channel::<ClientResult>();
     let deadline = state.settings.request_timeout;
     let asked = async {
@@ -258,7 +259,7 @@ where
         Err(ClientError::Dropped) => Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "leader_changed",
-            "the leader changed before the write committed; it was not applied and will not be — retry",
+            "the leader changed and another entry was committed in this write's place; it was not applied and will not be — retry",
         )),
         Err(ClientError::Unavailable) => Err(ApiError::no_leader("the node is shutting down")),
     }

@@ -36,6 +36,11 @@ impl ApiError {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "no_leader", message)
     }
 
+    /// 503: too many requests are waiting; this one was never proposed.
+    pub fn overloaded(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", message)
+    }
+
     /// 504: the outcome is unknown — the write may or may not take effect.
     pub fn timeout(message: impl Into<String>) -> Self {
         Self::new(StatusCode::GATEWAY_TIMEOUT, "timeout", message)

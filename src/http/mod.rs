@@ -14,6 +14,7 @@ pub mod errors;
 pub mod raft_rpc;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use actix_web::dev::Service;
@@ -32,9 +33,36 @@ const T_HTTP: &str = "raftkv::http";
 pub struct AppState {
     pub settings: Settings,
     pub node: NodeHandles,
+    /// Client requests (writes and leader reads) this node is working on.
+    pub in_flight: AtomicUsize,
+}
+
+/// A client request's place among the `max_pending` a node works on at
+/// once; given back when the request is answered.
+pub struct Slot<'a>(&'a AtomicUsize);
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl AppState {
+    /// Takes a slot for a client request, or refuses it with 503
+    /// `overloaded` before anything was proposed or forwarded.
+    pub fn admit(&self) -> Result<Slot<'_>, ApiError> {
+        let before = self.in_flight.fetch_add(1, Ordering::Relaxed);
+        let slot = Slot(&self.in_flight);
+        if before >= self.settings.max_pending {
+            self.node.metrics.overloaded_requests.fetch_add(1, Ordering::Relaxed);
+            return Err(ApiError::overloaded(format!(
+                "node {} is working on {} requests, its limit (--max-pending); this one was not carried out — retry shortly",
+                self.settings.id, self.settings.max_pending
+            )));
+        }
+        Ok(slot)
+    }
+
     /// Largest client request body accepted: the value limit, room for JSON
     /// escaping (a value of quotes doubles in size) and the other fields.
     pub fn client_body_limit(&self) -> usize {
@@ -140,7 +168,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 pub async fn serve(settings: Settings, node: NodeHandles, metrics: Arc<Metrics>) -> std::io::Result<()> {
     let listen = settings.listen;
     let workers = settings.http_workers;
-    let state = web::Data::new(AppState { settings, node });
+    let state = web::Data::new(AppState { settings, node, in_flight: AtomicUsize::new(0) });
     HttpServer::new(move || {
         let metrics = metrics.clone();
         App::new()
