@@ -49,6 +49,11 @@ pub struct Args {
     /// How long a request to a peer may take before it counts as failed (default 1000).
     #[arg(long, env = "RAFTKV_PEER_TIMEOUT_MS")]
     pub peer_timeout_ms: Option<u64>,
+    /// How long a client or peer may take to send a request's head, and then
+    /// its whole body; past it, 408 and the connection is closed. Also how
+    /// long an idle kept-alive connection is kept (default 5000).
+    #[arg(long, env = "RAFTKV_REQUEST_READ_TIMEOUT_MS")]
+    pub request_read_timeout_ms: Option<u64>,
     /// Largest value accepted, in bytes (default 1048576).
     #[arg(long, env = "RAFTKV_MAX_VALUE_BYTES")]
     pub max_value_bytes: Option<usize>,
@@ -92,6 +97,7 @@ pub struct FileSettings {
     pub tick_ms: Option<u64>,
     pub request_timeout_ms: Option<u64>,
     pub peer_timeout_ms: Option<u64>,
+    pub request_read_timeout_ms: Option<u64>,
     pub max_value_bytes: Option<usize>,
     pub max_inflight: Option<usize>,
     pub http_workers: Option<usize>,
@@ -120,6 +126,10 @@ pub struct Settings {
     pub tick: Duration,
     pub request_timeout: Duration,
     pub peer_timeout: Duration,
+    /// Deadline for a request's head to arrive (and for an idle kept-alive
+    /// connection to start its next request), and, counted from when the
+    /// handler starts reading, for its whole body: 408 past it.
+    pub request_read_timeout: Duration,
     pub max_value_bytes: usize,
     pub max_inflight: usize,
     pub http_workers: usize,
@@ -209,6 +219,7 @@ impl Args {
             tick: ms(self.tick_ms, file.tick_ms, 10),
             request_timeout: ms(self.request_timeout_ms, file.request_timeout_ms, 3000),
             peer_timeout: ms(self.peer_timeout_ms, file.peer_timeout_ms, 1000),
+            request_read_timeout: ms(self.request_read_timeout_ms, file.request_read_timeout_ms, 5000),
             max_value_bytes: self.max_value_bytes.or(file.max_value_bytes).unwrap_or(1 << 20),
             max_inflight: self.max_inflight.or(file.max_inflight).unwrap_or(1),
             http_workers: self.http_workers.or(file.http_workers).unwrap_or(2),
@@ -232,8 +243,12 @@ impl Args {
         if s.max_inflight == 0 || s.http_workers == 0 || s.max_value_bytes == 0 || s.max_pending == 0 {
             return Err("max_inflight, http_workers, max_value_bytes and max_pending must be positive".into());
         }
-        if s.request_timeout.is_zero() || s.peer_timeout.is_zero() {
+        if s.request_timeout.is_zero() || s.peer_timeout.is_zero() || s.request_read_timeout.is_zero() {
             return Err("timeouts must be positive".into());
+        }
+        // Deadlines are instants: an absurd timeout would overflow them.
+        if s.request_read_timeout > Duration::from_secs(3600) {
+            return Err("request_read_timeout_ms must be at most 3600000 (an hour)".into());
         }
         Ok(s)
     }
@@ -276,6 +291,33 @@ mod tests {
         std::fs::write(&path, "id = 2\nlisten = \"127.0.0.1:9002\"\nheartbeat = 1\n").unwrap();
         let err = args(&["--config", path.to_str().unwrap()]).resolve().unwrap_err();
         assert!(err.contains("unknown field"), "{err}");
+    }
+
+    #[test]
+    fn request_read_timeout_from_flag_env_name_and_file() {
+        let base = ["--id", "1", "--listen", "127.0.0.1:8001"];
+        assert_eq!(args(&base).resolve().unwrap().request_read_timeout, Duration::from_millis(5000), "default");
+        let flag = args(&[&base[..], &["--request-read-timeout-ms", "1200"]].concat()).resolve().unwrap();
+        assert_eq!(flag.request_read_timeout, Duration::from_millis(1200));
+        // The env var is checked by name: setting it here would race with the other tests.
+        let cmd = <Args as clap::CommandFactory>::command();
+        let arg = cmd.get_arguments().find(|a| a.get_id() == "request_read_timeout_ms").unwrap();
+        assert_eq!(arg.get_env().and_then(|e| e.to_str()), Some("RAFTKV_REQUEST_READ_TIMEOUT_MS"));
+
+        let dir = std::env::temp_dir().join(format!("raftkv-config-rrt-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("node.toml");
+        std::fs::write(&path, "id = 1\nlisten = \"127.0.0.1:9001\"\nrequest_read_timeout_ms = 700\n").unwrap();
+        let file = args(&["--config", path.to_str().unwrap()]).resolve().unwrap();
+        assert_eq!(file.request_read_timeout, Duration::from_millis(700));
+        let both = args(&["--config", path.to_str().unwrap(), "--request-read-timeout-ms", "900"]).resolve().unwrap();
+        assert_eq!(both.request_read_timeout, Duration::from_millis(900), "the flag wins over the file");
+        let _ = std::fs::remove_dir_all(&dir);
+
+        let zero = args(&[&base[..], &["--request-read-timeout-ms", "0"]].concat()).resolve().unwrap_err();
+        assert!(zero.contains("positive"), "{zero}");
+        let huge = args(&[&base[..], &["--request-read-timeout-ms", "18446744073709551615"]].concat()).resolve();
+        assert!(huge.unwrap_err().contains("at most"));
     }
 
     #[test]

@@ -68,8 +68,12 @@ pub async fn get_log() -> HttpResponse {
 }
 
 /// Replaces the log filter: `{"filter": "info,raftkv::election=trace"}`.
-pub async fn put_log(req: HttpRequest, payload: web::Payload) -> Result<HttpResponse, ApiError> {
-    let body = read_body(&req, payload, 64 * 1024).await?;
+pub async fn put_log(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let body = read_body(&req, payload, 64 * 1024, state.settings.request_read_timeout).await?;
     let v: Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request("invalid_json", format!("the body is not valid JSON: {e}")))?;
     let Some(obj) = v.as_object() else {

@@ -5,6 +5,7 @@
 //! forwarded again (503 instead), so requests cannot loop.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -121,25 +122,71 @@ fn u64_param(p: &BTreeMap<String, String>, name: &str) -> Result<Option<u64>, Ap
         .transpose()
 }
 
-/// Reads the whole body, refusing more than `limit` bytes with a 413.
-pub async fn read_body(req: &HttpRequest, mut payload: web::Payload, limit: usize) -> Result<Bytes, ApiError> {
+/// Reads the whole body, refusing more than `limit` bytes with a 413, and
+/// a body that is not complete within `timeout` with a 408. The deadline is
+/// for the whole body, counted from the call (handlers call this first, as
+/// soon as the head is parsed), not for the gaps between chunks: a client
+/// trickling a byte a second is cut off as surely as one that stalls.
+///
+/// When it gives up on a body that is not complete, the connection is
+/// closed after the answer (see [`close_after_response`]).
+pub async fn read_body(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Bytes, ApiError> {
     let too_large = || ApiError::too_large(format!("the request body exceeds {limit} bytes"));
     if let Some(len) =
         req.headers().get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok())
         && len > limit
     {
+        close_after_response(payload);
         return Err(too_large());
     }
     let mut body = BytesMut::new();
-    while let Some(chunk) = payload.next().await {
-        let chunk =
-            chunk.map_err(|e| ApiError::bad_request("invalid_body", format!("could not read the body: {e}")))?;
-        if body.len() + chunk.len() > limit {
-            return Err(too_large());
+    let read = async {
+        while let Some(chunk) = payload.next().await {
+            let chunk =
+                chunk.map_err(|e| ApiError::bad_request("invalid_body", format!("could not read the body: {e}")))?;
+            if body.len() + chunk.len() > limit {
+                return Err(too_large());
+            }
+            body.extend_from_slice(&chunk);
         }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body.freeze())
+        Ok(())
+    };
+    let err = match tokio::time::timeout(timeout, read).await {
+        Ok(Ok(())) => return Ok(body.freeze()),
+        Ok(Err(e)) => e,
+        Err(_) => ApiError::request_timeout(format!(
+            "the request body did not arrive in full within {} ms ({} bytes came); the connection is closed",
+            timeout.as_millis(),
+            body.len()
+        )),
+    };
+    close_after_response(payload);
+    Err(err)
+}
+
+/// How long an abandoned body is held at most (see [`close_after_response`]);
+/// actix closes the connection at most `client_disconnect_timeout` (1 s)
+/// after the answer is written, which ends the hold much sooner.
+const ABANDONED_BODY_HOLD: Duration = Duration::from_secs(10);
+
+/// Makes actix close the connection after the answer to a request whose
+/// body we stopped reading. actix-http does that by itself (it answers with
+/// `Connection: close`, then closes) when the body is unfinished but still
+/// referenced — but when the handler drops a *chunked* body, it instead
+/// keeps the connection and reads on to discard the rest, for as long as the
+/// client takes, forever if the last chunk never comes. So the body is
+/// handed to a small task that holds it until the connection ends (the
+/// stream then yields an error) or the rest of it arrives.
+fn close_after_response(mut payload: web::Payload) {
+    actix_web::rt::spawn(async move {
+        let drain = async { while let Some(Ok(_)) = payload.next().await {} };
+        let _ = tokio::time::timeout(ABANDONED_BODY_HOLD, drain).await;
+    });
 }
 
 /// `{"value": "v"}` with at most one of `"if_value": "old"` or `"if_revision": n`.
@@ -437,7 +484,7 @@ pub async fn put_key(
 ) -> Result<HttpResponse, ApiError> {
     let key = parse_key(&req)?;
     params(&req, &[])?;
-    let body = read_body(&req, payload, state.client_body_limit()).await?;
+    let body = read_body(&req, payload, state.client_body_limit(), state.settings.request_read_timeout).await?;
     let command = parse_put_body(&body, key, state.settings.max_value_bytes)?;
     write(&state, &fwd, &req, body, command).await
 }

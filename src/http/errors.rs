@@ -46,6 +46,13 @@ impl ApiError {
         Self::new(StatusCode::GATEWAY_TIMEOUT, "timeout", message)
     }
 
+    /// 408: the request (its body) did not arrive in time. Nothing was done.
+    /// The connection is closed after this answer: what is left of the body
+    /// may still come and must not be read as a new request.
+    pub fn request_timeout(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::REQUEST_TIMEOUT, "request_timeout", message)
+    }
+
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
     }
@@ -73,6 +80,9 @@ impl ResponseError for ApiError {
         let mut b = HttpResponse::build(self.status);
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
             b.insert_header(("retry-after", "1"));
+        }
+        if self.status == StatusCode::REQUEST_TIMEOUT {
+            b.force_close();
         }
         b.json(self.body())
     }

@@ -7,15 +7,21 @@
 //! * client API (`client_api.rs`): `/kv/{key}`, `/kv?prefix=`
 //! * operations (`admin.rs`): `/health`, `/ready`, `/status`, `/metrics`, `/admin/log`
 //! * Raft internal (`raft_rpc.rs`): `/raft/request_vote`, `/raft/append_entries`, `/raft/heartbeat`
+//!
+//! Slow clients: a body must arrive within `--request-read-timeout-ms` of
+//! its head (`client_api::read_body`, 408), actix times the first head and
+//! idle keep-alive, and `conn_watch.rs` closes connections stalled in a
+//! later head.
 
 pub mod admin;
 pub mod client_api;
+pub mod conn_watch;
 pub mod errors;
 pub mod raft_rpc;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actix_web::dev::Service;
 use actix_web::http::StatusCode;
@@ -168,6 +174,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 pub async fn serve(settings: Settings, node: NodeHandles, metrics: Arc<Metrics>) -> std::io::Result<()> {
     let listen = settings.listen;
     let workers = settings.http_workers;
+    let read_timeout = settings.request_read_timeout;
     let state = web::Data::new(AppState { settings, node, in_flight: AtomicUsize::new(0) });
     HttpServer::new(move || {
         let metrics = metrics.clone();
@@ -177,6 +184,7 @@ pub async fn serve(settings: Settings, node: NodeHandles, metrics: Arc<Metrics>)
             .wrap_fn(move |req, srv| {
                 let started = Instant::now();
                 let metrics = metrics.clone();
+                let busy = req.conn_data::<conn_watch::ConnWatch>().map(conn_watch::Busy::start);
                 let fut = srv.call(req);
                 async move {
                     let res = fut.await?;
@@ -186,13 +194,27 @@ pub async fn serve(settings: Settings, node: NodeHandles, metrics: Arc<Metrics>)
                     let secs = started.elapsed().as_secs_f64();
                     metrics.observe_http(route, method, status, secs);
                     debug!(target: T_HTTP, "{method} {} -> {status} in {:.3} ms", res.request().path(), secs * 1e3);
-                    Ok(res)
+                    Ok(res.map_body(|_, body| conn_watch::Watched { body, busy }))
                 }
             })
             .configure(routes)
             .default_service(web::to(no_route))
     })
     .workers(workers)
+    // A connection must deliver the head of its first request within the
+    // read timeout, or actix answers 408 (empty body) and closes it.
+    .client_request_timeout(read_timeout)
+    // An idle kept-alive connection is closed when its next request has not
+    // started within the read timeout.
+    .keep_alive(read_timeout)
+    // After answering with `Connection: close`, actix reads and discards
+    // what the client still sends for at most this long, then closes (the
+    // actix default, stated here because the 408 path relies on it).
+    .client_disconnect_timeout(Duration::from_secs(1))
+    // Closes a connection stalled in a later request's head, which actix
+    // does not time (see conn_watch.rs): after the keep-alive time plus the
+    // read timeout without a request in progress.
+    .on_connect(move |conn, data| conn_watch::on_connect(conn, data, 2 * read_timeout))
     .shutdown_timeout(1)
     .bind(listen)?
     .run()

@@ -18,7 +18,7 @@ pub async fn handle(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let body = read_body(&req, payload, state.peer_body_limit()).await?;
+    let body = read_body(&req, payload, state.peer_body_limit(), state.settings.request_read_timeout).await?;
     let msg =
         decode_message(body).map_err(|e| ApiError::bad_request("invalid_message", format!("bad Raft message: {e}")))?;
     let expected = match req.path() {
