@@ -34,9 +34,6 @@ use crate::raft::{self, Message as RaftMessage, NodeId, NotLeader, PersistOp, Ra
 use crate::wal::Recovered;
 
 const T_CONSENSUS: &str = "raftkv::consensus";
-/// A flush runs at least this often under a steady inflow of inputs.
-const FLUSH_EVERY_INPUTS: usize = 256;
-const FLUSH_EVERY: Duration = Duration::from_millis(1);
 
 /// ElectionTimer → Consensus: the clock moved on (Consensus reads the
 /// clock itself, before every input).
@@ -244,12 +241,14 @@ impl ConsensusActor {
     /// before it runs a notified message: under a steady inflow that would
     /// postpone the flush — and the WAL write — indefinitely (seen as a
     /// 20-60 ms wait between a request's arrival and its fsync). So a flush
-    /// also runs inline every `FLUSH_EVERY_INPUTS` inputs or when the first
-    /// unflushed input is `FLUSH_EVERY` old.
+    /// also runs inline after `flush_max_inputs` inputs or when the first
+    /// unflushed input is `flush_max_delay` old (settings).
     fn schedule_flush(&mut self, ctx: &mut Context<Self>) {
         self.unflushed += 1;
         let first = *self.unflushed_since.get_or_insert_with(Instant::now);
-        if self.unflushed >= FLUSH_EVERY_INPUTS || first.elapsed() >= FLUSH_EVERY {
+        let max_inputs = self.settings.flush_max_inputs;
+        let max_delay = self.settings.flush_max_delay;
+        if (max_inputs > 0 && self.unflushed >= max_inputs) || (!max_delay.is_zero() && first.elapsed() >= max_delay) {
             self.flush(ctx);
             return;
         }

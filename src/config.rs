@@ -69,18 +69,15 @@ pub struct Args {
     /// it, requests get 503 overloaded (never proposed) (default 4096).
     #[arg(long, env = "RAFTKV_MAX_PENDING")]
     pub max_pending: Option<usize>,
-    /// TESTING ONLY: run with a deliberate correctness bug, to show that the
-    /// chaos checker catches it. `local-reads`: serve linearizable reads from
-    /// the local state machine without confirming leadership.
-    #[arg(long, hide = true, env = "RAFTKV_UNSAFE_PLANTED_BUG")]
-    pub unsafe_planted_bug: Option<String>,
-}
-
-/// A deliberate bug for testing the testers (`--unsafe-planted-bug`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PlantedBug {
-    /// Linearizable reads are served locally, without ReadIndex.
-    LocalReads,
+    /// Under a steady inflow, the consensus actor hands what arrived to the
+    /// WAL and the followers at the latest after this many inputs; 0: only
+    /// when its mailbox is empty (default 256).
+    #[arg(long, env = "RAFTKV_FLUSH_MAX_INPUTS")]
+    pub flush_max_inputs: Option<usize>,
+    /// ... or once the oldest input not yet handed on is this old, in
+    /// microseconds; 0: no time limit (default 1000).
+    #[arg(long, env = "RAFTKV_FLUSH_MAX_DELAY_US")]
+    pub flush_max_delay_us: Option<u64>,
 }
 
 /// The same settings as they may appear in the TOML file.
@@ -102,6 +99,8 @@ pub struct FileSettings {
     pub max_inflight: Option<usize>,
     pub http_workers: Option<usize>,
     pub max_pending: Option<usize>,
+    pub flush_max_inputs: Option<usize>,
+    pub flush_max_delay_us: Option<u64>,
 }
 
 /// `peers = "2=host:port,3=host:port"` or `peers = ["2=host:port", ...]`.
@@ -134,7 +133,10 @@ pub struct Settings {
     pub max_inflight: usize,
     pub http_workers: usize,
     pub max_pending: usize,
-    pub planted_bug: Option<PlantedBug>,
+    /// Flush the consensus core inline after this many inputs (0: never).
+    pub flush_max_inputs: usize,
+    /// ... or when the oldest unflushed input is this old (zero: never).
+    pub flush_max_delay: Duration,
 }
 
 impl Settings {
@@ -224,11 +226,8 @@ impl Args {
             max_inflight: self.max_inflight.or(file.max_inflight).unwrap_or(1),
             http_workers: self.http_workers.or(file.http_workers).unwrap_or(2),
             max_pending: self.max_pending.or(file.max_pending).unwrap_or(4096),
-            planted_bug: match self.unsafe_planted_bug.as_deref() {
-                None => None,
-                Some("local-reads") => Some(PlantedBug::LocalReads),
-                Some(other) => return Err(format!("unknown planted bug '{other}' (known: local-reads)")),
-            },
+            flush_max_inputs: self.flush_max_inputs.or(file.flush_max_inputs).unwrap_or(256),
+            flush_max_delay: Duration::from_micros(self.flush_max_delay_us.or(file.flush_max_delay_us).unwrap_or(1000)),
         };
         if s.tick.is_zero() || s.heartbeat < s.tick {
             return Err("tick_ms must be positive and no longer than heartbeat_ms".into());
@@ -318,6 +317,24 @@ mod tests {
         assert!(zero.contains("positive"), "{zero}");
         let huge = args(&[&base[..], &["--request-read-timeout-ms", "18446744073709551615"]].concat()).resolve();
         assert!(huge.unwrap_err().contains("at most"));
+    }
+
+    #[test]
+    fn flush_limits_from_flags_and_file_with_zero_meaning_off() {
+        let base = ["--id", "1", "--listen", "127.0.0.1:8001"];
+        let d = args(&base).resolve().unwrap();
+        assert_eq!((d.flush_max_inputs, d.flush_max_delay), (256, Duration::from_millis(1)), "defaults");
+        let off = args(&[&base[..], &["--flush-max-inputs", "0", "--flush-max-delay-us", "0"]].concat()).resolve();
+        let off = off.unwrap();
+        assert_eq!((off.flush_max_inputs, off.flush_max_delay), (0, Duration::ZERO));
+        let dir = std::env::temp_dir().join(format!("raftkv-config-flush-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("node.toml");
+        std::fs::write(&path, "id = 1\nlisten = \"127.0.0.1:9001\"\nflush_max_inputs = 64\nflush_max_delay_us = 250\n")
+            .unwrap();
+        let file = args(&["--config", path.to_str().unwrap()]).resolve().unwrap();
+        assert_eq!((file.flush_max_inputs, file.flush_max_delay), (64, Duration::from_micros(250)));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
