@@ -5,7 +5,7 @@ BIN := target/release/raftkv
 CTL := target/release/raftkvctl
 ENDPOINTS ?= 127.0.0.1:8001,127.0.0.1:8002,127.0.0.1:8003
 
-.PHONY: help build cluster stop kill-leader clean-cluster test unit sim
+.PHONY: help build cluster stop kill-leader clean-cluster test unit sim mutation-check mutants
 
 help:
 	@echo "make cluster   build (release) and start a local 3-node cluster in the background"
@@ -13,6 +13,8 @@ help:
 	@echo "make kill-leader   kill -9 the leader ('make cluster' restarts it)"
 	@echo "make test      run the whole test suite (installs iptables/promtool if missing)"
 	@echo "make sim SIM_SEEDS=20000   run the deterministic simulation on more seeds"
+	@echo "make mutation-check   the five planted rule violations must each be caught"
+	@echo "make mutants   cargo-mutants over src/raft (hours; MUTANTS_ARGS='--shard 1/8' for a slice)"
 
 build:
 	$(CARGO) build --release --bins
@@ -34,18 +36,30 @@ clean-cluster: stop
 # cargo test otherwise.
 test:
 	@scripts/install-deps.sh test
-	$(CARGO) build --release --bins --tests
+	$(CARGO) build --release --workspace --bins --tests
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
-		$(CARGO) nextest run --release --no-fail-fast; \
+		$(CARGO) nextest run --release --workspace --no-fail-fast; \
 	else \
-		$(CARGO) test --release --no-fail-fast; \
+		$(CARGO) test --release --workspace --no-fail-fast; \
 	fi
 
+# Each patch in scripts/mutations/ breaks one safety rule; the unit tests or
+# the simulation must catch every one (runs on a scratch worktree of HEAD).
+mutation-check:
+	scripts/mutation-check.sh
+
+# Generic mutations of the consensus rules by cargo-mutants (not CI: hours
+# on 2 cores). Settings in .cargo/mutants.toml; results in mutants.out/.
+MUTANTS_ARGS ?=
+mutants:
+	@$(CARGO) mutants --version >/dev/null 2>&1 || $(CARGO) install --locked cargo-mutants
+	$(CARGO) mutants $(MUTANTS_ARGS)
+
 unit:
-	$(CARGO) test --release --lib
+	$(CARGO) test --release -p raftkv --lib
 
 sim:
-	SIM_SEEDS=$${SIM_SEEDS:-10000} $(CARGO) test --release --test simulation -- --nocapture
+	SIM_SEEDS=$${SIM_SEEDS:-10000} $(CARGO) test --release -p raftkv --test simulation -- --nocapture
 
 # Per-actor logging of the running local cluster, switched without restart
 # (see README "Logs"). PEER=3 narrows replication tracing to one peer.

@@ -8,6 +8,8 @@
 //! * `http` — the actix-web front door: client API, operations, Raft RPCs.
 //! * `config`, `logging`, `metrics` — settings, per-actor logs, Prometheus.
 //! * `client` — a small blocking HTTP client for the CLI and the tests.
+//!
+//! The chaos tester and the benchmark live in `tools/` (`raftkv-tools`).
 
 pub mod codec;
 pub mod config;
@@ -20,5 +22,4 @@ pub mod wal;
 
 #[path = "../actors/mod.rs"]
 pub mod actors;
-pub mod chaos;
 pub mod client;

@@ -46,12 +46,6 @@ fn main() -> ExitCode {
         settings.peers,
         settings.data_dir.display()
     );
-    if let Some(bug) = settings.planted_bug {
-        log::warn!(
-            target: "raftkv::consensus",
-            "RUNNING WITH A PLANTED BUG ({bug:?}) FOR TESTING: this node is NOT linearizable"
-        );
-    }
     let metrics = Arc::new(Metrics::new(settings.id, settings.peers.keys().copied()));
     let result = actix_web::rt::System::new().block_on(async move {
         let node = actors::spawn_node(&settings, recovered, writer, metrics.clone());

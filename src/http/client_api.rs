@@ -19,7 +19,6 @@ use super::{AppState, Forwarder};
 use crate::actors::consensus::{ClientRead, ClientWrite, ConsensusActor};
 use crate::actors::state_machine::LocalRead;
 use crate::actors::{ClientError, ClientOutcome, ClientReply, ClientResult};
-use crate::config::PlantedBug;
 use crate::kv::{Command, CommandResult, Condition, Item, Query, QueryResult};
 use crate::raft::NodeId;
 
@@ -427,16 +426,14 @@ async fn read(
     query: Query,
     c: Consistency,
 ) -> Result<HttpResponse, ApiError> {
-    let planted = state.settings.planted_bug == Some(PlantedBug::LocalReads);
-    if c == Consistency::Stale || planted {
+    if c == Consistency::Stale {
         let (result, _) = state
             .node
             .state_machine
             .send(LocalRead { query })
             .await
             .map_err(|_| ApiError::no_leader("the node is shutting down"))?;
-        // The planted bug passes a local read off as linearizable.
-        return Ok(read_response(result, !planted));
+        return Ok(read_response(result, true));
     }
     let lease = c == Consistency::Lease;
     match submit(state, fwd, req, Bytes::new(), |reply| ClientRead { query, lease, reply }).await? {

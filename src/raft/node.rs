@@ -748,8 +748,7 @@ impl Raft {
         };
         // "... and candidate's log is at least as up-to-date as receiver's
         // log, grant vote" (§5.4.1, the election restriction).
-        let up_to_date =
-            cfg!(mutation = "no_election_restriction") || self.log.is_up_to_date(last_log_index, last_log_term);
+        let up_to_date = self.log.is_up_to_date(last_log_index, last_log_term);
         let granted = can_vote && up_to_date;
         info!(
             target: T_ELECTION,
@@ -783,11 +782,7 @@ impl Raft {
             rpc_id: req.rpc_id,
             body: Body::RequestVoteResponse { pre_vote, vote_granted: granted },
         };
-        if cfg!(mutation = "vote_before_persist") {
-            self.msgs.push(resp);
-        } else {
-            self.send(resp);
-        }
+        self.send(resp);
     }
 
     fn handle_vote_response(&mut self, m: Message) {
@@ -872,33 +867,21 @@ impl Raft {
             }
         }
         let last_new = prev_log_index + entries.len() as Index;
-        if cfg!(mutation = "truncate_after_prev") {
-            if self.log.last_index() > prev_log_index && !entries.is_empty() {
-                self.truncate_log(prev_log_index + 1);
-            }
-            for e in entries {
-                if e.index > self.log.last_index() {
+        for e in entries {
+            match self.log.term(e.index) {
+                // "If an existing entry conflicts with a new one (same
+                // index but different terms), delete the existing entry
+                // and all that follow it."
+                Some(t) if t != e.term => {
+                    self.truncate_log(e.index);
                     self.log.push(e.clone());
                     self.durability.note_append(e.index);
                 }
-            }
-        } else {
-            for e in entries {
-                match self.log.term(e.index) {
-                    // "If an existing entry conflicts with a new one (same
-                    // index but different terms), delete the existing entry
-                    // and all that follow it."
-                    Some(t) if t != e.term => {
-                        self.truncate_log(e.index);
-                        self.log.push(e.clone());
-                        self.durability.note_append(e.index);
-                    }
-                    Some(_) => {} // already have it
-                    // "Append any new entries not already in the log."
-                    None => {
-                        self.log.push(e.clone());
-                        self.durability.note_append(e.index);
-                    }
+                Some(_) => {} // already have it
+                // "Append any new entries not already in the log."
+                None => {
+                    self.log.push(e.clone());
+                    self.durability.note_append(e.index);
                 }
             }
         }
@@ -1119,7 +1102,7 @@ impl Raft {
             return;
         }
         // §5.4.2: count replicas only for entries of the current term.
-        if cfg!(mutation = "commit_any_term") || self.log.term(n) == Some(self.current_term) {
+        if self.log.term(n) == Some(self.current_term) {
             self.commit_to(n);
         }
     }
@@ -1133,10 +1116,6 @@ impl Raft {
     // ------------------------------------------------------------------
 
     fn add_read(&mut self, id: RequestId) {
-        if cfg!(mutation = "read_without_leadership_check") {
-            self.released_reads.push((id, self.log.commit_index()));
-            return;
-        }
         // The round starts in `ready()`, so every read that arrives before
         // then shares it.
         self.read_only.add(id, self.log.commit_index());

@@ -14,13 +14,26 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use raftkv::chaos::cluster::node_command;
 pub use raftkv::client::{HttpClient, Response};
 use serde_json::{Value, json};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_raftkv");
 
 static CLUSTERS: AtomicU32 = AtomicU32::new(0);
+
+/// The command line of node `id` of a cluster whose node i listens on
+/// `addrs[i - 1]`.
+fn node_command(id: u64, addrs: &[SocketAddr], data_dir: &std::path::Path, extra_args: &[String]) -> Command {
+    let peers: Vec<String> =
+        (1..=addrs.len() as u64).filter(|&p| p != id).map(|p| format!("{p}={}", addrs[p as usize - 1])).collect();
+    let mut cmd = Command::new(BIN);
+    cmd.args(["--id", &id.to_string(), "--listen", &addrs[id as usize - 1].to_string(), "--peers", &peers.join(",")])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(extra_args)
+        .env_remove("RUST_LOG");
+    cmd
+}
 
 /// Polls `f` until it returns `Some`, or panics with `what` after `timeout`.
 pub fn eventually<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
@@ -118,7 +131,7 @@ impl Cluster {
     /// The command line node `id` is started with.
     pub fn command(&self, id: u64) -> Command {
         let addrs: Vec<SocketAddr> = self.nodes.iter().map(|n| n.addr).collect();
-        let mut cmd = node_command(BIN.as_ref(), id, &addrs, &self.node(id).data_dir, &self.args);
+        let mut cmd = node_command(id, &addrs, &self.node(id).data_dir, &self.args);
         if !self.args.iter().any(|a| a == "--log") {
             cmd.arg("--log").arg("info");
         }

@@ -12,4 +12,4 @@ pub mod checker;
 pub mod cluster;
 pub mod run;
 
-pub use run::{ChaosConfig, Fault, Report, parse_faults, run};
+pub use run::{ChaosConfig, Fault, PlantedBug, Report, parse_faults, run};

@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use raftkv::chaos::{ChaosConfig, parse_faults, run};
+use raftkv_tools::chaos::{ChaosConfig, parse_faults, run};
 
 #[derive(Parser, Debug)]
 #[command(name = "raftkv-chaos", version, about = "Fault-injection soak test with a linearizability checker")]
@@ -51,9 +51,11 @@ struct Args {
     /// Make half of the reads lease reads (`?consistency=lease`).
     #[arg(long)]
     lease_reads: bool,
-    /// TESTING ONLY: start the nodes with a deliberate bug (local-reads).
+    /// TESTING ONLY: a deliberate bug the checker must catch. `local-reads`:
+    /// the clients read local state (`?consistency=stale`) and record the
+    /// reads as linearizable.
     #[arg(long)]
-    unsafe_planted_bug: Option<String>,
+    unsafe_planted_bug: Option<raftkv_tools::chaos::PlantedBug>,
 }
 
 fn main() -> ExitCode {
@@ -65,8 +67,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let binary =
-        a.binary.clone().unwrap_or_else(|| std::env::current_exe().expect("own path").with_file_name("raftkv"));
+    let binary = a.binary.clone().unwrap_or_else(raftkv_tools::node_binary);
     let seed = a.seed.unwrap_or_else(|| u64::from(rand::random::<u16>()));
     let mut all_pass = true;
     for run_no in 0..a.runs {
@@ -81,7 +82,7 @@ fn main() -> ExitCode {
             clients: a.clients,
             keys: a.keys,
             out_dir: a.out.join(format!("{stamp}-n{}-seed{seed}", a.nodes)),
-            planted_bug: a.unsafe_planted_bug.clone(),
+            planted_bug: a.unsafe_planted_bug,
             check_budget: Duration::from_secs(a.check_budget),
             extra_node_args: vec![],
             lease_reads: a.lease_reads,

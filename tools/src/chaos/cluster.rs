@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::client::HttpClient;
+use raftkv::client::HttpClient;
 
 pub struct ChaosNode {
     pub id: u64,

@@ -3,10 +3,9 @@
 //! and the same run with a planted bug must be caught.
 //! `CHAOS_TEST_SECS` sets the length of each run (default 30).
 
-use std::path::PathBuf;
 use std::time::Duration;
 
-use raftkv::chaos::{ChaosConfig, Fault, run};
+use raftkv_tools::chaos::{ChaosConfig, Fault, PlantedBug, run};
 
 fn secs() -> u64 {
     std::env::var("CHAOS_TEST_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(30)
@@ -16,7 +15,7 @@ fn config(nodes: u64, seed: u64, faults: Vec<Fault>, secs: u64) -> ChaosConfig {
     let out = std::env::temp_dir().join(format!("raftkv-chaos-test-{}-{nodes}-{seed}", std::process::id()));
     let _ = std::fs::remove_dir_all(&out);
     ChaosConfig {
-        binary: PathBuf::from(env!("CARGO_BIN_EXE_raftkv")),
+        binary: raftkv_tools::node_binary(),
         nodes,
         duration: Duration::from_secs(secs),
         faults,
@@ -62,7 +61,7 @@ fn five_nodes_under_every_fault_stay_linearizable() {
 #[test]
 fn a_planted_stale_read_bug_is_caught() {
     let mut cfg = config(3, 7, vec![Fault::PartitionLeader, Fault::PartitionHalves], secs().min(15));
-    cfg.planted_bug = Some("local-reads".into());
+    cfg.planted_bug = Some(PlantedBug::LocalReads);
     let report = run(&cfg).unwrap_or_else(|e| panic!("chaos run could not start: {e}"));
     eprintln!("{}", report.summary);
     assert!(!report.pass, "the planted bug went unnoticed:\n{}", report.summary);

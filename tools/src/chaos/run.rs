@@ -15,8 +15,8 @@ use serde_json::json;
 
 use super::checker::{self, Action, HistoryOp, Verdict};
 use super::cluster::{ChaosCluster, remove_stale_rules};
-use crate::client::{ClientError, HttpClient};
-use crate::raft::SplitMix64;
+use raftkv::client::{ClientError, HttpClient};
+use raftkv::raft::SplitMix64;
 
 /// The faults the nemesis can inject.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -105,6 +105,26 @@ pub fn parse_faults(spec: &str) -> Result<Vec<Fault>, String> {
     Ok(out)
 }
 
+/// A deliberate bug, to show that the checker catches it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PlantedBug {
+    /// The clients ask for local (stale) reads and record them as
+    /// linearizable: the history then holds exactly what a node that
+    /// served linearizable reads without ReadIndex would produce.
+    LocalReads,
+}
+
+impl FromStr for PlantedBug {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "local-reads" => Ok(PlantedBug::LocalReads),
+            other => Err(format!("unknown planted bug '{other}' (known: local-reads)")),
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct ChaosConfig {
     pub binary: PathBuf,
@@ -115,8 +135,8 @@ pub struct ChaosConfig {
     pub clients: usize,
     pub keys: usize,
     pub out_dir: PathBuf,
-    /// Start the nodes with a deliberate bug (see `--unsafe-planted-bug`).
-    pub planted_bug: Option<String>,
+    /// Test the tester with a deliberate bug (see `--unsafe-planted-bug`).
+    pub planted_bug: Option<PlantedBug>,
     /// Time budget of the linearizability search, per key.
     pub check_budget: Duration,
     pub extra_node_args: Vec<String>,
@@ -192,7 +212,7 @@ fn url_key(key: &str) -> String {
 
 /// Classifies one HTTP exchange of a client operation.
 fn classify(
-    res: &Result<crate::client::Response, ClientError>,
+    res: &Result<raftkv::client::Response, ClientError>,
     is_read: bool,
 ) -> (Outcome, Option<serde_json::Value>, String) {
     match res {
@@ -250,7 +270,13 @@ fn client_loop(id: usize, cfg: &ChaosConfig, cluster_addrs: &[String], shared: &
             if lease {
                 rec.kind = "lease-read";
             }
-            let path = if lease { format!("{}?consistency=lease", url_key(&key)) } else { url_key(&key) };
+            let path = if lease {
+                format!("{}?consistency=lease", url_key(&key))
+            } else if cfg.planted_bug == Some(PlantedBug::LocalReads) {
+                format!("{}?consistency=stale", url_key(&key))
+            } else {
+                url_key(&key)
+            };
             let res = http.get(addr, &path);
             classify(&res, true)
         } else if roll < 85 || !last_seen.contains_key(&key) {
@@ -460,10 +486,6 @@ pub fn run(cfg: &ChaosConfig) -> Result<Report, String> {
     let run_no = RUNS.fetch_add(1, Ordering::Relaxed);
     let net = (20 + (pid % 200) as u8, 251 + (run_no % 5) as u8);
     let mut args = vec!["--request-timeout-ms".to_string(), "1500".into(), "--log".into(), "info".into()];
-    if let Some(bug) = &cfg.planted_bug {
-        args.push("--unsafe-planted-bug".into());
-        args.push(bug.clone());
-    }
     args.extend(cfg.extra_node_args.iter().cloned());
     let mut cluster = ChaosCluster::new(&cfg.binary, cfg.nodes, &cfg.out_dir, net, args).map_err(|e| e.to_string())?;
     for id in cluster.ids() {
@@ -573,7 +595,7 @@ pub fn run(cfg: &ChaosConfig) -> Result<Report, String> {
         cfg.clients,
         cfg.keys,
         cfg.faults.iter().map(|f| f.name()).collect::<Vec<_>>().join(","),
-        cfg.planted_bug.as_ref().map_or(String::new(), |b| format!(", PLANTED BUG {b}")),
+        cfg.planted_bug.map_or(String::new(), |b| format!(", PLANTED BUG {b:?}")),
         if cfg.lease_reads { ", half the reads under the leader lease" } else { "" }
     );
     let _ = writeln!(s, "operations: {} total", history.len());

@@ -311,7 +311,7 @@ fn main() {
     let args = Args::parse();
     let secs = args.seconds.unwrap_or(if args.quick { 3 } else { 10 });
     let kills = args.kills.unwrap_or(if args.quick { 3 } else { 5 });
-    let bin = std::env::current_exe().unwrap().with_file_name("raftkv");
+    let bin = raftkv_tools::node_binary();
     let ceiling_bin = std::env::current_exe().unwrap().with_file_name("raftkv-ceiling");
     let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
     let dir = PathBuf::from(format!("target/bench/{stamp}"));
