@@ -325,6 +325,11 @@ impl ConsensusActor {
                 let _ = reply.send(Err(ClientError::Dropped));
             }
         }
+        // Their entries were replaced by a snapshot: dropping the reply
+        // answers 504, outcome unknown, which is the truth.
+        for id in rd.unknown_proposals {
+            self.proposals.remove(&id);
+        }
         // A long committed log goes to the state machine in chunks; ticks,
         // votes and heartbeats get their turn in between.
         if self.raft.has_unapplied() && !self.flush_scheduled {
@@ -389,6 +394,7 @@ impl ConsensusActor {
                     state: p.map(|p| match p.state {
                         ProgressState::Probe => "probe",
                         ProgressState::Replicate => "replicate",
+                        ProgressState::Snapshot => "snapshot",
                     }),
                     inflight: p.map(|p| p.inflight.len()),
                 }

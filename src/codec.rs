@@ -8,7 +8,7 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
-use crate::raft::{Body, Entry, EntryData, Message};
+use crate::raft::{Body, Entry, EntryData, Message, SnapshotMeta};
 
 /// Version of the peer message encoding.
 pub const MESSAGE_VERSION: u8 = 1;
@@ -134,6 +134,31 @@ const K_APPEND_ENTRIES: u8 = 3;
 const K_APPEND_ENTRIES_RESPONSE: u8 = 4;
 const K_HEARTBEAT: u8 = 5;
 const K_HEARTBEAT_RESPONSE: u8 = 6;
+const K_INSTALL_SNAPSHOT: u8 = 7;
+const K_INSTALL_SNAPSHOT_RESPONSE: u8 = 8;
+/// More voters than this in a snapshot's metadata is not a real cluster.
+const MAX_VOTERS: u32 = 1024;
+
+/// A snapshot's metadata: index, term, voter count (u32), voters.
+pub fn put_snapshot_meta(out: &mut BytesMut, meta: &SnapshotMeta) {
+    out.put_u64_le(meta.index);
+    out.put_u64_le(meta.term);
+    out.put_u32_le(u32::try_from(meta.voters.len()).expect("fewer than 4G voters"));
+    for v in &meta.voters {
+        out.put_u64_le(*v);
+    }
+}
+
+pub fn get_snapshot_meta(r: &mut Reader) -> Result<SnapshotMeta, DecodeError> {
+    let index = r.u64("snapshot index")?;
+    let term = r.u64("snapshot term")?;
+    let n = r.u32("voter count")?;
+    if n > MAX_VOTERS {
+        return Err(DecodeError(format!("snapshot metadata lists {n} voters (at most {MAX_VOTERS})")));
+    }
+    let voters = (0..n).map(|_| r.u64("voter")).collect::<Result<Vec<_>, _>>()?;
+    Ok(SnapshotMeta { index, term, voters })
+}
 
 pub fn encode_message(m: &Message) -> Bytes {
     let mut out = BytesMut::with_capacity(64 + entries_size(&m.body));
@@ -183,6 +208,14 @@ pub fn encode_message(m: &Message) -> Bytes {
         Body::HeartbeatResponse { ctx } => {
             out.put_u8(K_HEARTBEAT_RESPONSE);
             out.put_u64_le(*ctx);
+        }
+        Body::InstallSnapshot { meta } => {
+            out.put_u8(K_INSTALL_SNAPSHOT);
+            put_snapshot_meta(&mut out, meta);
+        }
+        Body::InstallSnapshotResponse { match_index } => {
+            out.put_u8(K_INSTALL_SNAPSHOT_RESPONSE);
+            out.put_u64_le(*match_index);
         }
     }
     out.freeze()
@@ -249,6 +282,8 @@ pub fn decode_message(buf: Bytes) -> Result<Message, DecodeError> {
         }
         K_HEARTBEAT => Body::Heartbeat { commit: r.u64("commit")?, ctx: r.u64("ctx")? },
         K_HEARTBEAT_RESPONSE => Body::HeartbeatResponse { ctx: r.u64("ctx")? },
+        K_INSTALL_SNAPSHOT => Body::InstallSnapshot { meta: get_snapshot_meta(&mut r)? },
+        K_INSTALL_SNAPSHOT_RESPONSE => Body::InstallSnapshotResponse { match_index: r.u64("match_index")? },
         k => return Err(DecodeError(format!("unknown message kind {k}"))),
     };
     r.finish("message")?;
@@ -293,6 +328,8 @@ mod tests {
         }));
         roundtrip(base(Body::Heartbeat { commit: 12, ctx: 13 }));
         roundtrip(base(Body::HeartbeatResponse { ctx: 13 }));
+        roundtrip(base(Body::InstallSnapshot { meta: SnapshotMeta { index: 70, term: 6, voters: vec![1, 2, 3] } }));
+        roundtrip(base(Body::InstallSnapshotResponse { match_index: 70 }));
     }
 
     #[test]

@@ -9,7 +9,8 @@
 //! ```
 //!
 //! `crc32` covers kind and payload. Kinds: 1 hard state (term, vote),
-//! 2 log entry, 3 truncate-from, 4 commit marker. Each persist batch (one
+//! 2 log entry, 3 truncate-from, 4 commit marker, 5 snapshot installed
+//! (index, term, voters: the log now starts after that index). Each persist batch (one
 //! [`WalWriter::append`], one fdatasync, see [`encode_batch`]) is its
 //! records followed by a commit marker whose payload is the number of
 //! records in the batch and their length in bytes (two u64 LE), so that a
@@ -59,8 +60,8 @@ use std::path::{Path, PathBuf};
 use bytes::{BufMut, Bytes, BytesMut};
 use log::{info, warn};
 
-use crate::codec::{Reader, get_entry, put_entry};
-use crate::raft::{Entry, HardState, Index, PersistOp};
+use crate::codec::{Reader, get_entry, get_snapshot_meta, put_entry, put_snapshot_meta};
+use crate::raft::{Entry, HardState, Index, PersistOp, SnapshotMeta};
 
 /// The first bytes of a WAL file in the current format (batches framed by
 /// commit markers).
@@ -75,6 +76,7 @@ const KIND_HARD_STATE: u8 = 1;
 const KIND_ENTRY: u8 = 2;
 const KIND_TRUNCATE: u8 = 3;
 const KIND_COMMIT: u8 = 4;
+const KIND_SNAPSHOT: u8 = 5;
 /// Kind + record count (u64) + byte length of the batch's records (u64).
 const COMMIT_BODY: usize = 1 + 8 + 8;
 /// A whole commit marker record, header included.
@@ -136,6 +138,9 @@ impl std::error::Error for WalError {}
 #[derive(Debug, Default)]
 pub struct Recovered {
     pub hard_state: HardState,
+    /// The latest snapshot installed from a leader that the log records:
+    /// `entries` continue after it.
+    pub snapshot: Option<SnapshotMeta>,
     pub entries: Vec<Entry>,
     /// Bytes cut off as a torn tail, if any.
     pub torn_bytes: u64,
@@ -222,7 +227,7 @@ fn convert_v1(path: &Path, rec: &Recovered) -> Result<(File, u64), WalError> {
     let mut out = BytesMut::from(file_header());
     if rec.hard_state != HardState::default() || !rec.entries.is_empty() {
         let op =
-            PersistOp { seq: 0, hard_state: Some(rec.hard_state), truncate_from: None, entries: rec.entries.clone() };
+            PersistOp { seq: 0, hard_state: Some(rec.hard_state), entries: rec.entries.clone(), ..Default::default() };
         encode_batch(&mut out, &[op]);
     }
     let out = out.freeze();
@@ -415,6 +420,7 @@ fn find_valid_v1_record(buf: &[u8], from: usize) -> Option<usize> {
 
 fn apply_record(rec: &mut Recovered, kind: u8, payload: Bytes) -> Result<(), String> {
     let mut r = Reader::new(payload);
+    let base = rec.snapshot.as_ref().map_or(0, |s| s.index);
     match kind {
         KIND_HARD_STATE => {
             let term = r.u64("term").map_err(|e| e.0)?;
@@ -423,7 +429,7 @@ fn apply_record(rec: &mut Recovered, kind: u8, payload: Bytes) -> Result<(), Str
         }
         KIND_ENTRY => {
             let e = get_entry(&mut r).map_err(|e| e.0)?;
-            let want = rec.entries.len() as Index + 1;
+            let want = base + rec.entries.len() as Index + 1;
             if e.index != want {
                 return Err(format!("log entry {} where entry {want} was expected", e.index));
             }
@@ -431,10 +437,19 @@ fn apply_record(rec: &mut Recovered, kind: u8, payload: Bytes) -> Result<(), Str
         }
         KIND_TRUNCATE => {
             let from = r.u64("truncate index").map_err(|e| e.0)?;
-            if from == 0 || from > rec.entries.len() as Index + 1 {
-                return Err(format!("truncation at {from} beyond the log ({} entries)", rec.entries.len()));
+            let last = base + rec.entries.len() as Index;
+            if from <= base || from > last + 1 {
+                return Err(format!("truncation at {from} outside the log ({}..={last})", base + 1));
             }
-            rec.entries.truncate(from as usize - 1);
+            rec.entries.truncate((from - base - 1) as usize);
+        }
+        KIND_SNAPSHOT => {
+            let meta = get_snapshot_meta(&mut r).map_err(|e| e.0)?;
+            if meta.index <= base {
+                return Err(format!("snapshot at {} does not follow the one at {base}", meta.index));
+            }
+            rec.entries.clear();
+            rec.snapshot = Some(meta);
         }
         k => return Err(format!("unknown record kind {k}")),
     }
@@ -462,6 +477,10 @@ fn encode_op(out: &mut BytesMut, op: &PersistOp) -> u64 {
             b.put_u64_le(hs.current_term);
             b.put_u64_le(hs.voted_for.unwrap_or(0));
         });
+        records += 1;
+    }
+    if let Some(meta) = &op.snapshot {
+        put_record(out, KIND_SNAPSHOT, |b| put_snapshot_meta(b, meta));
         records += 1;
     }
     if let Some(from) = op.truncate_from {
@@ -568,6 +587,7 @@ mod tests {
         PersistOp {
             seq,
             hard_state: hs.map(|(t, v)| HardState { current_term: t, voted_for: (v != 0).then_some(v) }),
+            snapshot: None,
             truncate_from: trunc,
             entries,
         }
@@ -610,6 +630,42 @@ mod tests {
             encode_op(&mut b, op);
         }
         b.to_vec()
+    }
+
+    #[test]
+    fn an_installed_snapshot_resets_the_log_and_later_records_follow_it() {
+        let meta = SnapshotMeta { index: 8, term: 2, voters: vec![1, 2, 3] };
+        let install = PersistOp {
+            seq: 2,
+            hard_state: Some(hs(3, 0)),
+            snapshot: Some(meta.clone()),
+            entries: vec![ent(9, 2, "i"), ent(10, 3, "j")],
+            ..Default::default()
+        };
+        let file = image(&[
+            batch(&[op(1, Some((2, 1)), None, (1..=5).map(|i| ent(i, 1, "x")).collect())]),
+            batch(&[install]),
+            batch(&[op(3, None, Some(10), vec![ent(10, 3, "J"), ent(11, 3, "k")])]),
+        ]);
+        let (rec, len) = replay_bytes(&file).unwrap();
+        assert_eq!(len as usize, file.len());
+        assert_eq!(rec.snapshot, Some(meta.clone()));
+        assert_eq!(rec.hard_state, hs(3, 0));
+        assert_eq!(rec.entries.iter().map(|e| e.index).collect::<Vec<_>>(), vec![9, 10, 11]);
+        assert_eq!(rec.entries[1].data, EntryData::Command(Bytes::from_static(b"J")));
+        // Records that contradict the snapshot are corruption, not a torn tail.
+        for bad in [
+            op(3, None, Some(8), vec![]),             // truncation inside the snapshot
+            op(3, None, None, vec![ent(13, 3, "z")]), // a gap after it
+        ] {
+            let mut f = file.clone();
+            f.extend_from_slice(&batch(&[bad]));
+            assert!(matches!(replay_bytes(&f), Err(WalError::Corrupt { .. })));
+        }
+        let mut older = file.clone();
+        older.extend_from_slice(&batch(&[PersistOp { snapshot: Some(meta), ..Default::default() }]));
+        let err = replay_bytes(&older).unwrap_err().to_string();
+        assert!(err.contains("does not follow"), "{err}");
     }
 
     #[test]

@@ -12,6 +12,11 @@
 //! must reflect all writes acknowledged before it began. Then faults stop
 //! and a leader must emerge and commit a new write within bounded time.
 //!
+//! In most seeds the nodes also take snapshots and compact their logs at a
+//! tiny threshold, so followers that fall behind are sent InstallSnapshot
+//! (dropped, duplicated, reordered and cut by crashes like any message);
+//! a node's state after installing one must equal the committed prefix.
+//!
 //! `SIM_SEEDS=N` runs more seeds; a failing seed prints the command that
 //! replays it alone (`SIM_SEED=… cargo test --release --test simulation replay`).
 
@@ -21,8 +26,8 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 
 use bytes::{Bytes, BytesMut};
 use raftkv::raft::{
-    Config, Entry, EntryData, HardState, Index, Message, NodeId, PersistOp, Raft, Ready, Role, SplitMix64, Term,
-    TickClock,
+    Config, Entry, EntryData, HardState, Index, Message, NodeId, PersistOp, Raft, Ready, Role, SnapshotMeta,
+    SplitMix64, Term, TickClock, log_after_snapshot,
 };
 use raftkv::wal;
 
@@ -107,24 +112,44 @@ enum ClockFeed {
     TimerOnly,
 }
 
+/// A snapshot of a node's state machine: the key-value map after applying
+/// the committed log up to `meta.index`, and the prefix hash there (so Log
+/// Matching can be checked across it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct SimSnapshot {
+    meta: SnapshotMeta,
+    kv: BTreeMap<String, String>,
+    hash: u64,
+}
+
 /// What a node's disk holds, as the real write-ahead log's bytes: only what
 /// storage acknowledged, plus whatever prefix of the bytes of
 /// unacknowledged writes happened to reach it before a crash. `hard_state`
-/// and `entries` are what the acknowledged writes describe.
+/// and `entries` (which follow `base`) are what the acknowledged writes
+/// describe. `snapshot` is the latest snapshot file, written atomically.
 #[derive(Clone)]
 struct Disk {
     bytes: BytesMut,
     /// Length of the bytes storage has acknowledged.
     acked_len: usize,
     hard_state: HardState,
+    base: Index,
     entries: Vec<Entry>,
+    snapshot: Option<SimSnapshot>,
 }
 
 impl Default for Disk {
     fn default() -> Self {
         let mut bytes = BytesMut::new();
         bytes.extend_from_slice(wal::file_header());
-        Disk { acked_len: bytes.len(), bytes, hard_state: HardState::default(), entries: Vec::new() }
+        Disk {
+            acked_len: bytes.len(),
+            bytes,
+            hard_state: HardState::default(),
+            base: 0,
+            entries: Vec::new(),
+            snapshot: None,
+        }
     }
 }
 
@@ -136,22 +161,41 @@ fn encode(op: &PersistOp) -> BytesMut {
 }
 
 impl Disk {
-    fn apply(&mut self, op: &PersistOp) {
+    /// Storage carries out `op`; `installed` is the snapshot it installs, if any.
+    fn apply(&mut self, op: &PersistOp, installed: Option<&SimSnapshot>) {
         self.bytes.extend_from_slice(&encode(op));
         self.acked_len = self.bytes.len();
         if let Some(hs) = op.hard_state {
             self.hard_state = hs;
         }
+        if let Some(meta) = &op.snapshot {
+            let snap = installed.expect("the installed snapshot's state");
+            assert_eq!(&snap.meta, meta);
+            // The snapshot file first, then the WAL record (as the node must).
+            self.snapshot = Some(snap.clone());
+            self.base = meta.index;
+            self.entries.clear();
+        }
         if let Some(t) = op.truncate_from {
-            self.entries.truncate((t - 1) as usize);
+            self.entries.truncate((t - self.base - 1) as usize);
         }
         for e in &op.entries {
-            assert_eq!(e.index, self.entries.len() as Index + 1, "persist op must append contiguously");
+            assert_eq!(e.index, self.base + self.entries.len() as Index + 1, "persist op must append contiguously");
             self.entries.push(e.clone());
         }
     }
 
-    /// Recovery as the node does it: replay the bytes, cut the torn tail.
+    /// Is the entry (`index`, `term`) durable here: in the log, or covered
+    /// by the snapshot (which holds committed entries only)?
+    fn holds(&self, index: Index, term: Term) -> bool {
+        if self.snapshot.as_ref().is_some_and(|s| s.meta.index >= index) {
+            return true;
+        }
+        index > self.base && self.entries.get((index - self.base - 1) as usize).is_some_and(|e| e.term == term)
+    }
+
+    /// Recovery as the node does it: replay the bytes, cut the torn tail,
+    /// keep the log entries that follow the latest snapshot.
     fn recover(&mut self) -> Result<(), String> {
         let buf = Bytes::copy_from_slice(&self.bytes);
         let (rec, valid) = wal::replay(std::path::Path::new("sim.wal"), &buf).map_err(|e| e.to_string())?;
@@ -161,7 +205,25 @@ impl Disk {
         self.bytes.truncate(valid as usize);
         self.acked_len = self.bytes.len();
         self.hard_state = rec.hard_state;
-        self.entries = rec.entries;
+        let marker = rec.snapshot.as_ref().map_or(0, |s| s.index);
+        match self.snapshot.clone() {
+            Some(s) => {
+                let log = log_after_snapshot(s.meta.index, s.meta.term, marker, rec.entries)?;
+                if log.reset_wal {
+                    // Recorded before anything else is appended (as the
+                    // node's storage does at start-up).
+                    let op = PersistOp { snapshot: Some(s.meta.clone()), ..Default::default() };
+                    self.apply(&op, Some(&s));
+                }
+                self.entries = log.entries;
+                self.base = s.meta.index;
+            }
+            None if marker > 0 => return Err(format!("the WAL records a snapshot at {marker}, but there is none")),
+            None => {
+                self.entries = rec.entries;
+                self.base = 0;
+            }
+        }
         Ok(())
     }
 }
@@ -174,8 +236,11 @@ struct Node {
     /// Storage writes in progress, in order, with their completion times.
     storage_queue: VecDeque<(u64, PersistOp)>,
     /// The node's volatile log as the persist ops describe it, with the
-    /// prefix hash of each entry (for Log Matching).
+    /// prefix hash of each entry (for Log Matching): entries after
+    /// `mirror_base`, whose prefix hash is `mirror_base_hash`.
     mirror: Vec<(Term, u64)>,
+    mirror_base: Index,
+    mirror_base_hash: u64,
     /// The state machine: key -> value, and how far it has applied.
     kv: BTreeMap<String, String>,
     applied: Index,
@@ -217,6 +282,9 @@ struct Params {
     max_delay: u64,
     max_storage_delay: u64,
     max_inflight: usize,
+    /// Take a snapshot once this many entries were applied since the last
+    /// one, then compact the log keeping this many entries behind it.
+    compaction: Option<(u64, u64)>,
 }
 
 struct Sim {
@@ -249,6 +317,9 @@ struct Sim {
     dropped: BTreeSet<u64>,
     /// Requests whose write is in the committed log.
     committed_requests: BTreeSet<u64>,
+    /// Every snapshot any node took, by (index, term): what InstallSnapshot
+    /// carries (the transport's part).
+    snapshots: HashMap<(Index, Term), SimSnapshot>,
     /// When faults stopped, and the index of the first write acknowledged
     /// after that (the liveness phase waits for every node to apply it).
     liveness_started: Option<u64>,
@@ -266,6 +337,9 @@ struct Stats {
     partitions: u64,
     elections: u64,
     messages: u64,
+    snapshots_taken: u64,
+    snapshots_installed: u64,
+    unknown_answers: u64,
 }
 
 fn entry_hash(e: &Entry) -> u64 {
@@ -300,6 +374,15 @@ impl Sim {
             max_delay: [2, 10, 40][rng.below(3) as usize],
             max_storage_delay: [0, 2, 8, 20][rng.below(4) as usize],
             max_inflight: rng.range(1, 4) as usize,
+            // From a generator of its own, so seeds without compaction run
+            // exactly as they did before compaction existed.
+            compaction: {
+                let mut r = Rng(SplitMix64(seed ^ 0x5AA9_5A0F_C0DE_0001));
+                match r.below(4) {
+                    0 => None,
+                    _ => Some(([3, 10, 30][r.below(3) as usize], [0, 2, 10][r.below(3) as usize])),
+                }
+            },
         };
         let mut sim = Sim {
             seed,
@@ -319,6 +402,7 @@ impl Sim {
             history: BTreeMap::new(),
             dropped: BTreeSet::new(),
             committed_requests: BTreeSet::new(),
+            snapshots: HashMap::new(),
             pending: BTreeMap::new(),
             next_request: 1,
             max_acked_index: 0,
@@ -334,6 +418,8 @@ impl Sim {
                 disk: Disk::default(),
                 storage_queue: VecDeque::new(),
                 mirror: Vec::new(),
+                mirror_base: 0,
+                mirror_base_hash: 0,
                 kv: BTreeMap::new(),
                 applied: 0,
                 last_role: (Role::Follower, 0),
@@ -401,13 +487,17 @@ impl Sim {
         node.stalled = false;
         node.backlog.clear();
         let disk = node.disk.clone();
-        node.raft = Some(Raft::new(cfg, disk.hard_state, disk.entries.clone()));
+        let snapshot = disk.snapshot.as_ref().map(|s| s.meta.clone());
+        node.raft = Some(Raft::restart(cfg, disk.hard_state, snapshot, disk.entries.clone()));
         node.incarnation += 1;
-        node.kv.clear();
-        node.applied = 0;
+        // The state machine restarts from the snapshot, the log after it.
+        node.kv = disk.snapshot.as_ref().map(|s| s.kv.clone()).unwrap_or_default();
+        node.applied = disk.base;
         node.last_role = (Role::Follower, disk.hard_state.current_term);
         node.mirror.clear();
-        let mut prev = 0;
+        node.mirror_base = disk.base;
+        node.mirror_base_hash = disk.snapshot.as_ref().map_or(0, |s| s.hash);
+        let mut prev = node.mirror_base_hash;
         for e in &disk.entries {
             prev = chain(prev, e);
             node.mirror.push((e.term, prev));
@@ -521,7 +611,9 @@ impl Sim {
                 // Storage has its own thread: the write is durable now, even
                 // if the consensus thread hears of it later.
                 let (_, op) = n.storage_queue.pop_front().expect("a write in progress");
-                n.disk.apply(&op);
+                let installed = op.snapshot.as_ref().map(|m| self.snapshots[&(m.index, m.term)].clone());
+                let n = self.nodes.get_mut(&node).unwrap();
+                n.disk.apply(&op, installed.as_ref());
                 self.input(node, Input::Persisted(op.seq));
             }
             Event::RpcFailed { node, peer } => {
@@ -660,9 +752,76 @@ impl Sim {
             let rd = self.raft(id).ready();
             if rd.is_empty() {
                 self.check_roles(id);
+                self.maybe_snapshot(id);
                 return;
             }
             self.carry_out(id, rd);
+        }
+    }
+
+    /// The compaction policy: a snapshot of the state machine every
+    /// `threshold` applied entries (durable at once, as a renamed file),
+    /// then the log is compacted up to `tail` entries behind it.
+    fn maybe_snapshot(&mut self, id: NodeId) {
+        let Some((threshold, tail)) = self.params.compaction else { return };
+        let node = &self.nodes[&id];
+        let last = node.disk.snapshot.as_ref().map_or(0, |s| s.meta.index);
+        let applied = node.applied;
+        if applied < last + threshold {
+            return;
+        }
+        let Some(meta) = node.raft.as_ref().unwrap().snapshot_meta(applied) else {
+            self.fail(format!("node {id} cannot describe a snapshot at its applied index {applied}"));
+        };
+        let hash = if applied == node.mirror_base {
+            node.mirror_base_hash
+        } else {
+            node.mirror[(applied - node.mirror_base - 1) as usize].1
+        };
+        let snap = SimSnapshot { meta: meta.clone(), kv: node.kv.clone(), hash };
+        self.check_snapshot(id, &snap, "took");
+        self.snapshots.entry((meta.index, meta.term)).or_insert_with(|| snap.clone());
+        self.nodes.get_mut(&id).unwrap().disk.snapshot = Some(snap);
+        self.stats.snapshots_taken += 1;
+        let r = self.raft(id);
+        r.on_snapshot_saved(meta);
+        let offset = r.compact(applied.saturating_sub(tail));
+        if offset > applied {
+            self.fail(format!("node {id} compacted to {offset}, beyond its applied index {applied}"));
+        }
+    }
+
+    /// A snapshot must be the committed prefix: the committed entry at its
+    /// index (with the same log before it), and the key-value map that
+    /// applying the committed log up to there gives.
+    fn check_snapshot(&self, id: NodeId, snap: &SimSnapshot, what: &str) {
+        let i = snap.meta.index;
+        if i == 0 {
+            return;
+        }
+        match self.committed.get(i as usize - 1) {
+            Some(&c) if c == (snap.meta.term, snap.hash) => {}
+            Some(c) => self.fail(format!(
+                "node {id} {what} a snapshot at {i}@{} but {i}@{} is the committed entry there",
+                snap.meta.term, c.0
+            )),
+            None => self.fail(format!("node {id} {what} a snapshot at {i}, beyond the committed log")),
+        }
+        let want: BTreeMap<String, String> = self
+            .history
+            .iter()
+            .filter_map(|(k, h)| h.iter().rev().find(|(at, _)| *at <= i).map(|(_, v)| (k.clone(), v.clone())))
+            .collect();
+        if snap.kv != want {
+            self.fail(format!(
+                "node {id} {what} a snapshot at {i} holding {:?}; the committed log says {want:?}",
+                snap.kv
+            ));
+        }
+        if let Some(known) = self.snapshots.get(&(i, snap.meta.term))
+            && known != snap
+        {
+            self.fail(format!("two different snapshots at {i}@{}", snap.meta.term));
         }
     }
 
@@ -691,6 +850,27 @@ impl Sim {
         for m in rd.messages {
             self.send(m);
         }
+        if let Some(meta) = rd.snapshot {
+            // The state machine restores the snapshot the transport staged.
+            let Some(snap) = self.snapshots.get(&(meta.index, meta.term)).cloned() else {
+                self.fail(format!("node {id} installs a snapshot at {}@{} nobody took", meta.index, meta.term));
+            };
+            self.check_snapshot(id, &snap, "installed");
+            let node = self.nodes.get_mut(&id).unwrap();
+            if meta.index <= node.applied {
+                let applied = node.applied;
+                self.fail(format!("node {id} installs a snapshot at {} after applying {applied}", meta.index));
+            }
+            node.kv = snap.kv;
+            node.applied = meta.index;
+            self.stats.snapshots_installed += 1;
+        }
+        for req in rd.unknown_proposals {
+            // Answered "outcome unknown" (504): no promise either way.
+            if self.pending.remove(&req).is_some() {
+                self.stats.unknown_answers += 1;
+            }
+        }
         for e in &rd.committed {
             self.apply(id, e);
         }
@@ -718,24 +898,42 @@ impl Sim {
     /// Keeps the mirror of the node's log and checks Log Matching: two
     /// entries with the same index and term have identical prefixes.
     fn mirror(&mut self, id: NodeId, op: &PersistOp) {
+        if let Some(meta) = &op.snapshot {
+            if op.truncate_from.is_some() {
+                self.fail(format!("node {id} persist op installs a snapshot and truncates"));
+            }
+            let Some(snap) = self.snapshots.get(&(meta.index, meta.term)) else {
+                self.fail(format!("node {id} persists a snapshot at {}@{} nobody took", meta.index, meta.term));
+            };
+            let hash = snap.hash;
+            if self.prefix_of.get(&(meta.index, meta.term)).is_some_and(|&h| h != hash) {
+                self.fail(format!("log matching: snapshot {}@{} has a different log before it", meta.index, meta.term));
+            }
+            let node = self.nodes.get_mut(&id).unwrap();
+            node.mirror.clear();
+            node.mirror_base = meta.index;
+            node.mirror_base_hash = hash;
+        }
         let node = self.nodes.get_mut(&id).unwrap();
+        let base = node.mirror_base;
         if let Some(t) = op.truncate_from {
             // The op must be self-consistent: replay refuses a truncation
             // beyond the log that the ops before it describe.
-            if t > node.mirror.len() as Index + 1 {
-                let len = node.mirror.len();
-                self.fail(format!("node {id} persist op truncates at {t}, beyond its log of {len} entries"));
+            let last = base + node.mirror.len() as Index;
+            if t > last + 1 || t <= base {
+                self.fail(format!("node {id} persist op truncates at {t}, outside its log {}..={last}", base + 1));
             }
             let node = self.nodes.get_mut(&id).unwrap();
-            node.mirror.truncate((t - 1) as usize);
+            node.mirror.truncate((t - base - 1) as usize);
         }
         let node = self.nodes.get_mut(&id).unwrap();
         for e in &op.entries {
-            if e.index != node.mirror.len() as Index + 1 {
-                let msg = format!("node {id} persist op appends {} after {}", e.index, node.mirror.len());
+            let last = base + node.mirror.len() as Index;
+            if e.index != last + 1 {
+                let msg = format!("node {id} persist op appends {} after {last}", e.index);
                 self.fail(msg);
             }
-            let prev = node.mirror.last().map_or(0, |m| m.1);
+            let prev = node.mirror.last().map_or(node.mirror_base_hash, |m| m.1);
             let h = chain(prev, e);
             node.mirror.push((e.term, h));
             match self.prefix_of.get(&(e.index, e.term)) {
@@ -755,7 +953,10 @@ impl Sim {
         let r = self.nodes[&id].raft.as_ref().unwrap();
         let (len, last_term) = (r.last_index(), r.log().last_term());
         let node = &self.nodes[&id];
-        if node.mirror.len() as Index != len || node.mirror.last().map_or(0, |m| m.0) != last_term {
+        let base_term = if node.mirror_base == 0 { 0 } else { self.committed[node.mirror_base as usize - 1].0 };
+        if node.mirror_base + node.mirror.len() as Index != len
+            || node.mirror.last().map_or(base_term, |m| m.0) != last_term
+        {
             self.fail(format!("node {id}: persist ops do not describe the log"));
         }
     }
@@ -768,7 +969,7 @@ impl Sim {
             self.fail(msg);
         }
         node.applied = e.index;
-        let h = node.mirror.get(e.index as usize - 1).map(|m| m.1);
+        let h = e.index.checked_sub(node.mirror_base + 1).and_then(|k| node.mirror.get(k as usize)).map(|m| m.1);
         let Some(h) = h else { self.fail(format!("node {id} applies {} beyond its log", e.index)) };
         let i = e.index as usize;
         if i <= self.committed.len() {
@@ -820,10 +1021,15 @@ impl Sim {
             }
             self.leaders.insert(term, id);
             self.stats.elections += 1;
-            // Leader Completeness: a leader holds every committed entry.
+            // Leader Completeness: a leader holds every committed entry
+            // (those up to its snapshot, through the snapshot's prefix hash).
             let node = &self.nodes[&id];
-            for (k, c) in self.committed.iter().enumerate() {
-                if node.mirror.get(k).map(|m| (m.0, m.1)) != Some(*c) {
+            let base = node.mirror_base as usize;
+            if base > 0 && self.committed.get(base - 1).map(|c| c.1) != Some(node.mirror_base_hash) {
+                self.fail(format!("leader completeness: leader {id}'s snapshot at {base} is not the committed prefix"));
+            }
+            for (k, c) in self.committed.iter().enumerate().skip(base) {
+                if node.mirror.get(k - base).map(|m| (m.0, m.1)) != Some(*c) {
                     self.fail(format!(
                         "leader completeness: leader {id} of term {term} lacks committed entry {}@{}",
                         k + 1,
@@ -887,11 +1093,7 @@ impl Sim {
         }
         // Acknowledged only once durable on a majority.
         let term = self.committed[index as usize - 1].0;
-        let holders = self
-            .nodes
-            .values()
-            .filter(|n| n.disk.entries.get(index as usize - 1).is_some_and(|e| e.term == term))
-            .count() as u64;
+        let holders = self.nodes.values().filter(|n| n.disk.holds(index, term)).count() as u64;
         if holders < self.params.nodes / 2 + 1 {
             self.fail(format!("write {req} at {index} acknowledged while durable on only {holders} nodes"));
         }
@@ -1090,11 +1292,15 @@ fn run_share(nodes: u64, part: u64, parts: u64) {
         total.partitions += s.partitions;
         total.elections += s.elections;
         total.messages += s.messages;
+        total.snapshots_taken += s.snapshots_taken;
+        total.snapshots_installed += s.snapshots_installed;
+        total.unknown_answers += s.unknown_answers;
     }
     eprintln!("{nodes} nodes, {seeds} seeds: {total:?}");
     assert!(total.acked_writes > seeds * 20, "clients made too little progress: {total:?}");
     assert!(total.reads_served > seeds * 5, "too few reads served: {total:?}");
     assert!(total.crashes > seeds, "the nemesis crashed too little: {total:?}");
+    assert!(total.snapshots_installed > seeds / 4, "too few InstallSnapshots to mean anything: {total:?}");
 }
 
 #[test]

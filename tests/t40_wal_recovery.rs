@@ -86,7 +86,7 @@ fn a_zero_filled_tail_after_the_last_complete_batch_is_cut_and_the_node_rejoins(
         (0..3).map(|i| Entry { index: 1000 + i, term: 99, data: EntryData::Command(big.clone()) }).collect();
     let hard_state = Some(HardState { current_term: 99, voted_for: Some(victim) });
     let mut batch = BytesMut::new();
-    encode_batch(&mut batch, &[PersistOp { seq: 1, hard_state, truncate_from: None, entries }]);
+    encode_batch(&mut batch, &[PersistOp { seq: 1, hard_state, entries, ..Default::default() }]);
     let mut marker = BytesMut::new();
     encode_batch(&mut marker, &[]);
     let mut tail = batch[..batch.len() - marker.len()].to_vec();

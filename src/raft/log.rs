@@ -1,8 +1,9 @@
 //! The in-memory replicated log and its commit index.
 //!
-//! The consensus core keeps the whole log in memory (until snapshots exist)
-//! and tells storage what to persist; `Durability` tracks which prefix of
-//! this log is known to be on disk.
+//! The consensus core keeps the log after the latest compaction point in
+//! memory and tells storage what to persist; `Durability` tracks which
+//! prefix of this log is known to be on disk. Entries up to `offset` are
+//! covered by a snapshot (committed, applied, and no longer held here).
 
 use std::collections::VecDeque;
 
@@ -13,8 +14,9 @@ use super::types::{Entry, Index, Term};
 pub struct RaftLog {
     /// `entries[k]` has index `offset + 1 + k`.
     entries: Vec<Entry>,
-    /// Index of the entry just before `entries[0]`: 0 until log compaction
-    /// (a snapshot) exists; the term of that entry is `offset_term`.
+    /// Index of the entry just before `entries[0]`: 0 until the log is
+    /// compacted (or a snapshot installed); the term of that entry is
+    /// `offset_term`. Everything up to `offset` is committed.
     offset: Index,
     offset_term: Term,
     /// Highest log entry known to be committed.
@@ -29,6 +31,50 @@ impl RaftLog {
             assert_eq!(e.index, k as Index + 1, "log entries must be contiguous from 1");
         }
         RaftLog { entries, offset: 0, offset_term: 0, commit_index: 0 }
+    }
+
+    /// A log that starts after a snapshot ending at (`index`, `term`):
+    /// `entries` must be contiguous from `index + 1`.
+    pub fn after_snapshot(index: Index, term: Term, entries: Vec<Entry>) -> Self {
+        for (k, e) in entries.iter().enumerate() {
+            assert_eq!(e.index, index + 1 + k as Index, "log entries must be contiguous after the snapshot");
+        }
+        RaftLog { entries, offset: index, offset_term: term, commit_index: index }
+    }
+
+    /// The index just before the first entry held (the compaction point).
+    pub fn offset(&self) -> Index {
+        self.offset
+    }
+
+    /// Drops the entries up to `index` (which must be applied, so
+    /// committed): they are covered by a snapshot now.
+    pub fn compact_to(&mut self, index: Index) {
+        if index <= self.offset {
+            return;
+        }
+        assert!(index <= self.commit_index, "compaction to {index} beyond the commit index {}", self.commit_index);
+        let term = self.term(index).expect("index within the log");
+        self.entries.drain(..(index - self.offset) as usize);
+        self.offset = index;
+        self.offset_term = term;
+    }
+
+    /// Replaces the whole log with a snapshot ending at (`index`, `term`),
+    /// which the cluster committed.
+    pub fn restore(&mut self, index: Index, term: Term) {
+        self.entries.clear();
+        self.offset = index;
+        self.offset_term = term;
+        self.commit_index = index;
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
     }
 
     pub fn last_index(&self) -> Index {
@@ -167,6 +213,53 @@ impl RaftLog {
     }
 }
 
+/// The log a node restarts with, from its latest snapshot and its WAL.
+#[derive(Debug, PartialEq, Eq)]
+pub struct LogAfterSnapshot {
+    /// The entries after the snapshot.
+    pub entries: Vec<Entry>,
+    /// The WAL does not describe "the snapshot, then `entries`" (it ends
+    /// before the snapshot, or in a suffix the snapshot superseded): before
+    /// anything is appended, storage must record the snapshot in it (a
+    /// `PersistOp` with only `snapshot` set), or later appends would leave
+    /// a gap or follow the wrong entries.
+    pub reset_wal: bool,
+}
+
+/// Recovery with a snapshot ending at (`index`, `term`): the log that
+/// follows it, from what a WAL replay found: `entries`, contiguous after
+/// `wal_base` (the last snapshot recorded in the WAL, or 0). Entries the
+/// snapshot covers are dropped. The ones after it extend the snapshot's
+/// log only if the WAL starts right after it, or holds the snapshot's own
+/// entry with the snapshot's term (Log Matching). If the WAL's entry at
+/// `index` has another term, the WAL ends in a suffix that the snapshot
+/// superseded — the node applied the committed entry that replaced it
+/// before the replacement was durable, then crashed — and everything after
+/// the snapshot is dropped: the leader sends it again.
+pub fn log_after_snapshot(
+    index: Index,
+    term: Term,
+    wal_base: Index,
+    entries: Vec<Entry>,
+) -> Result<LogAfterSnapshot, String> {
+    if wal_base > index {
+        return Err(format!("the log records a snapshot at {wal_base}, newer than the latest snapshot ({index})"));
+    }
+    if let Some(first) = entries.first().map(|e| e.index)
+        && first != wal_base + 1
+    {
+        return Err(format!("the log's entries start at {first}, not right after {wal_base}"));
+    }
+    let wal_last = wal_base + entries.len() as Index;
+    let matches = wal_base == index || (wal_last >= index && entries[(index - wal_base - 1) as usize].term == term);
+    if !matches {
+        return Ok(LogAfterSnapshot { entries: Vec::new(), reset_wal: true });
+    }
+    let mut entries = entries;
+    let kept = entries.split_off((index - wal_base) as usize);
+    Ok(LogAfterSnapshot { entries: kept, reset_wal: false })
+}
+
 /// One write that storage was asked to make durable, in order.
 #[derive(Debug, Clone)]
 struct InFlight {
@@ -192,6 +285,9 @@ pub struct Durability {
     pub hard_state_dirty: bool,
     pub truncate_from: Option<Index>,
     pub append_from: Option<Index>,
+    /// A snapshot was installed at this index: the next op resets the log
+    /// to start after it (and carries every entry after it).
+    pub snapshot: Option<Index>,
     /// Highest index `i` such that log[1..=i], as it is now, is durable.
     /// Invariant: `stable_index <= log.last_index()`.
     pub stable_index: Index,
@@ -204,7 +300,7 @@ impl Durability {
 
     /// True when there are changes not yet handed to storage.
     pub fn has_unissued(&self) -> bool {
-        self.hard_state_dirty || self.truncate_from.is_some() || self.append_from.is_some()
+        self.hard_state_dirty || self.truncate_from.is_some() || self.append_from.is_some() || self.snapshot.is_some()
     }
 
     /// The op sequence number that must be durable before a message
@@ -217,6 +313,15 @@ impl Durability {
         if self.append_from.is_none_or(|a| a > index) {
             self.append_from = Some(index);
         }
+    }
+
+    /// The log was replaced by a snapshot ending at `index`; whatever was
+    /// noted before is superseded (the op carries the whole log after it).
+    pub fn note_snapshot(&mut self, index: Index) {
+        self.snapshot = Some(index);
+        self.truncate_from = None;
+        self.append_from = None;
+        self.stable_index = self.stable_index.min(index);
     }
 
     pub fn note_truncate(&mut self, index: Index) {
@@ -258,6 +363,11 @@ impl Durability {
     /// Records that everything unissued was handed to storage as op `seq`,
     /// which truncates at `truncate_from` and leaves a log ending at `last_index`.
     pub fn issue(&mut self, truncate_from: Option<Index>, last_index: Index) -> u64 {
+        // A snapshot replaces everything after it, like a truncation there.
+        let truncate_from = match self.snapshot.take() {
+            Some(s) => Some(s + 1),
+            None => truncate_from,
+        };
         self.issued += 1;
         self.in_flight.push_back(InFlight { seq: self.issued, truncate_from, last_index });
         self.issued_last_index = last_index;
@@ -289,6 +399,9 @@ impl Durability {
         }
         if let Some(t) = self.truncate_from {
             stable = stable.min(t - 1);
+        }
+        if let Some(s) = self.snapshot {
+            stable = stable.min(s);
         }
         let changed = stable != self.stable_index;
         self.stable_index = stable;
@@ -352,6 +465,64 @@ mod tests {
         assert_eq!(log.entries_from(2, 48).len(), 2);
         assert_eq!(log.entries_from(2, usize::MAX).len(), 3);
         assert!(log.entries_from(5, 100).is_empty());
+    }
+
+    #[test]
+    fn compaction_keeps_terms_at_the_boundary_and_restore_replaces_the_log() {
+        let mut log = log_of(&[1, 1, 2, 2, 3]);
+        log.commit_to(4);
+        log.compact_to(3);
+        assert_eq!((log.offset(), log.term(3), log.term(2), log.len()), (3, Some(2), None, 2));
+        assert_eq!(log.entry(4).map(|e| e.term), Some(2));
+        assert!(log.is_up_to_date(5, 3));
+        log.compact_to(2);
+        assert_eq!(log.offset(), 3, "compaction never goes back");
+        log.restore(9, 4);
+        assert_eq!((log.last_index(), log.last_term(), log.commit_index(), log.len()), (9, 4, 9, 0));
+        let after = RaftLog::after_snapshot(9, 4, vec![ent(10, 4)]);
+        assert_eq!((after.last_index(), after.commit_index(), after.term(9)), (10, 9, Some(4)));
+    }
+
+    #[test]
+    fn recovery_keeps_only_a_log_that_extends_the_snapshot() {
+        let ents = |from: Index, terms: &[Term]| -> Vec<Entry> {
+            terms.iter().enumerate().map(|(k, &t)| ent(from + k as Index, t)).collect()
+        };
+        let got = |r: LogAfterSnapshot| (r.entries.iter().map(|e| e.index).collect::<Vec<_>>(), r.reset_wal);
+        // The WAL holds the snapshot's entry with its term: the rest follows.
+        assert_eq!(got(log_after_snapshot(3, 2, 0, ents(1, &[1, 1, 2, 2, 2])).unwrap()), (vec![4, 5], false));
+        // The WAL recorded this snapshot: everything after it.
+        assert_eq!(got(log_after_snapshot(3, 2, 3, ents(4, &[2, 3])).unwrap()), (vec![4, 5], false));
+        assert_eq!(got(log_after_snapshot(3, 2, 3, vec![]).unwrap()), (vec![], false));
+        // A superseded suffix (the WAL's entry 3 has term 1, not 2), or a
+        // WAL that ends before the snapshot: nothing follows, and the WAL
+        // must be told (appending 4 after its 4@1, or after its entry 2,
+        // would be wrong).
+        assert_eq!(got(log_after_snapshot(3, 2, 0, ents(1, &[1, 1, 1, 1])).unwrap()), (vec![], true));
+        assert_eq!(got(log_after_snapshot(9, 2, 0, ents(1, &[1, 1])).unwrap()), (vec![], true));
+        assert_eq!(got(log_after_snapshot(3, 2, 0, vec![]).unwrap()), (vec![], true));
+        assert_eq!(got(log_after_snapshot(3, 2, 1, vec![]).unwrap()), (vec![], true));
+        // Inconsistent inputs are refused.
+        assert!(log_after_snapshot(3, 2, 0, ents(6, &[2])).is_err());
+        assert!(log_after_snapshot(3, 2, 5, vec![]).is_err());
+    }
+
+    #[test]
+    fn a_snapshot_install_supersedes_what_was_noted_and_counts_as_a_truncation() {
+        let mut d = Durability::new(0);
+        d.note_append(1);
+        let s1 = d.issue(None, 10);
+        d.note_truncate(8);
+        d.note_append(8);
+        d.note_snapshot(20);
+        assert!(d.has_unissued());
+        assert_eq!((d.truncate_from, d.append_from), (None, None));
+        let s2 = d.issue(None, 22); // snapshot 20 + entries 21..=22
+        assert!(d.snapshot.is_none());
+        d.ack(s1, 22);
+        assert!(d.stable_index <= 10, "op 1 alone does not make the snapshot durable");
+        d.ack(s2, 22);
+        assert_eq!(d.stable_index, 22);
     }
 
     #[test]

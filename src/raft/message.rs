@@ -1,11 +1,12 @@
-//! The RPCs of figure 2 (RequestVote, AppendEntries), the pre-vote of the
-//! dissertation (§9.6) and a leader heartbeat that carries no entries.
+//! The RPCs of figure 2 (RequestVote, AppendEntries), InstallSnapshot
+//! (figure 13), the pre-vote of the dissertation (§9.6) and a leader
+//! heartbeat that carries no entries.
 //!
 //! Every request gets exactly one response from the core, carrying the
 //! request's `rpc_id`, so a transport that speaks request/response (HTTP)
 //! can hand the answer back to the request that is waiting for it.
 
-use super::types::{Entry, Index, NodeId, Term};
+use super::types::{Entry, Index, NodeId, SnapshotMeta, Term};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Message {
@@ -63,12 +64,31 @@ pub enum Body {
     HeartbeatResponse {
         ctx: u64,
     },
+    /// InstallSnapshot RPC (figure 13): the leader's latest snapshot. The
+    /// core sees only its metadata; the transport carries the state itself
+    /// (in chunks) and has it staged on the receiver before the core is
+    /// stepped with this message.
+    InstallSnapshot {
+        meta: SnapshotMeta,
+    },
+    InstallSnapshotResponse {
+        /// The last index known to match the leader's log: the snapshot's
+        /// index once it is installed (durably), or the receiver's commit
+        /// index if that was already at or past the snapshot.
+        match_index: Index,
+    },
 }
 
 impl Body {
     /// Requests expect a response; responses do not.
     pub fn is_request(&self) -> bool {
-        matches!(self, Body::RequestVote { .. } | Body::AppendEntries { .. } | Body::Heartbeat { .. })
+        matches!(
+            self,
+            Body::RequestVote { .. }
+                | Body::AppendEntries { .. }
+                | Body::Heartbeat { .. }
+                | Body::InstallSnapshot { .. }
+        )
     }
 
     pub fn kind(&self) -> MessageKind {
@@ -81,6 +101,8 @@ impl Body {
             Body::AppendEntriesResponse { .. } => MessageKind::AppendEntriesResponse,
             Body::Heartbeat { .. } => MessageKind::Heartbeat,
             Body::HeartbeatResponse { .. } => MessageKind::HeartbeatResponse,
+            Body::InstallSnapshot { .. } => MessageKind::InstallSnapshot,
+            Body::InstallSnapshotResponse { .. } => MessageKind::InstallSnapshotResponse,
         }
     }
 }
@@ -96,6 +118,8 @@ pub enum MessageKind {
     AppendEntriesResponse,
     Heartbeat,
     HeartbeatResponse,
+    InstallSnapshot,
+    InstallSnapshotResponse,
 }
 
 impl MessageKind {
@@ -109,6 +133,8 @@ impl MessageKind {
             MessageKind::AppendEntriesResponse => "append_entries_response",
             MessageKind::Heartbeat => "heartbeat",
             MessageKind::HeartbeatResponse => "heartbeat_response",
+            MessageKind::InstallSnapshot => "install_snapshot",
+            MessageKind::InstallSnapshotResponse => "install_snapshot_response",
         }
     }
 }

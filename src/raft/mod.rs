@@ -3,7 +3,7 @@
 //!
 //! Reading guide, with figure 2 of the paper open:
 //! * `types.rs` — terms, indexes, entries, `HardState` (currentTerm, votedFor).
-//! * `message.rs` — RequestVote, AppendEntries (+ pre-vote, heartbeat).
+//! * `message.rs` — RequestVote, AppendEntries, InstallSnapshot (+ pre-vote, heartbeat).
 //! * `node.rs` — `Raft`: the rules for all servers, followers, candidates
 //!   and leaders; `tick`, `step`, `propose`, `read_index`, `ready`.
 //! * `log.rs` — the log, `commitIndex`, and what is durable.
@@ -15,7 +15,10 @@
 //! A shell drives it in a loop: feed inputs (`tick`, `step`, `propose`,
 //! `read_index`, `on_persisted`, `report_unreachable`), then take `ready()`
 //! and carry it out: persist (then call `on_persisted`), send the messages,
-//! apply the committed entries, serve the released reads.
+//! install a received snapshot, apply the committed entries, serve the
+//! released reads. Log compaction is the shell's policy: once its state
+//! machine's snapshot at some applied index is durable it calls
+//! `on_snapshot_saved`, then `compact` for the part of the log to drop.
 
 pub mod clock;
 pub mod log;
@@ -30,6 +33,7 @@ pub mod types;
 mod tests;
 
 pub use clock::TickClock;
+pub use log::{LogAfterSnapshot, log_after_snapshot};
 pub use message::{Body, Message, MessageKind};
 pub use node::{Config, NotLeader, PersistOp, Raft, Ready, SplitMix64, replication_target};
-pub use types::{Entry, EntryData, HardState, Index, NodeId, RequestId, Role, Term};
+pub use types::{Entry, EntryData, HardState, Index, NodeId, RequestId, Role, SnapshotMeta, Term};

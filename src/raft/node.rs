@@ -24,7 +24,7 @@ use super::message::{Body, Message, MessageKind};
 use super::progress::{Progress, ProgressState};
 use super::quorum::{MajorityConfig, VoteResult};
 use super::read_only::ReadOnly;
-use super::types::{Entry, EntryData, HardState, Index, NodeId, RequestId, Role, Term};
+use super::types::{Entry, EntryData, HardState, Index, NodeId, RequestId, Role, SnapshotMeta, Term};
 
 const T_ELECTION: &str = "raftkv::election";
 const T_CONSENSUS: &str = "raftkv::consensus";
@@ -84,30 +84,39 @@ pub enum NotLeader {
 }
 
 /// Storage must make these changes durable, in this order, then call
-/// `Raft::on_persisted(seq)`: hard state, then truncate the log at
-/// `truncate_from` (remove it and everything after), then append `entries`.
+/// `Raft::on_persisted(seq)`: hard state, then install the snapshot staged
+/// for `snapshot` (the log then holds nothing up to and including its
+/// index), then truncate the log at `truncate_from` (remove it and
+/// everything after), then append `entries`.
 ///
 /// An op is self-consistent against the log that the ops before it
-/// describe (of length `L`): `truncate_from`, when set, is at most `L`, and
-/// `entries` start at `truncate_from`, or at `L + 1` when there is no
-/// truncation. So replaying the ops in order never truncates beyond the
-/// log or appends out of place, however many inputs one `ready()` covered.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// describe (ending at `L`): with a snapshot, there is no truncation and
+/// `entries` start right after the snapshot; otherwise `truncate_from`,
+/// when set, is at most `L`, and `entries` start at `truncate_from`, or at
+/// `L + 1` when there is no truncation. So replaying the ops in order never
+/// truncates beyond the log or appends out of place, however many inputs
+/// one `ready()` covered.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PersistOp {
     pub seq: u64,
     pub hard_state: Option<HardState>,
+    pub snapshot: Option<SnapshotMeta>,
     pub truncate_from: Option<Index>,
     pub entries: Vec<Entry>,
 }
 
 /// What the node must do now. The shell handles the parts in this order:
 /// `persist` (asynchronously; may overlap with the rest), `messages`,
-/// `committed` (apply in order), then `reads` (after the applies before
-/// them), then the failures.
+/// `snapshot` (restore the state machine from it), `committed` (apply in
+/// order), then `reads` (after the applies before them), then the failures.
 #[derive(Clone, Debug, Default)]
 pub struct Ready {
     pub persist: Option<PersistOp>,
     pub messages: Vec<Message>,
+    /// A snapshot from the leader replaced the log: the state machine must
+    /// restore it (the one staged for this metadata) before applying
+    /// `committed`, which continue after it.
+    pub snapshot: Option<SnapshotMeta>,
     /// Newly committed entries, to apply in order.
     pub committed: Vec<Entry>,
     /// Local proposals among `committed`, as (index, request id).
@@ -121,11 +130,17 @@ pub struct Ready {
     /// from this node's log is not here: another node may still hold it and
     /// commit it, as in figure 8. Its fate is known once its index commits.)
     pub dropped_proposals: Vec<RequestId>,
+    /// Proposals whose fate this node can no longer learn: their entries
+    /// were replaced by a snapshot, which says what was committed but not
+    /// by whom. The client must be told the outcome is unknown.
+    pub unknown_proposals: Vec<RequestId>,
 }
 
 impl Ready {
     pub fn is_empty(&self) -> bool {
         self.persist.is_none()
+            && self.snapshot.is_none()
+            && self.unknown_proposals.is_empty()
             && self.messages.is_empty()
             && self.committed.is_empty()
             && self.reads.is_empty()
@@ -202,6 +217,12 @@ pub struct Raft {
     orphans: BTreeMap<(Index, Term), RequestId>,
     /// New entries need to go out to the followers in `ready()`.
     broadcast_pending: bool,
+    /// The latest snapshot this node has saved or installed (index 0: none).
+    /// A leader sends it to followers that need compacted entries; the log
+    /// is never compacted past it.
+    snapshot: SnapshotMeta,
+    /// A snapshot installed since the last `ready()`, for the state machine.
+    installed: Option<SnapshotMeta>,
 
     // --- Output ---
     durability: Durability,
@@ -211,13 +232,26 @@ pub struct Raft {
     released_reads: Vec<(RequestId, Index)>,
     failed_reads: Vec<RequestId>,
     dropped_proposals: Vec<RequestId>,
+    unknown_proposals: Vec<RequestId>,
 }
+
+/// A follower in snapshot state that has not answered for this many
+/// election timeouts is probed again (the transport normally reports a
+/// failed transfer long before).
+const SNAPSHOT_TIMEOUT_ELECTIONS: u64 = 10;
 
 impl Raft {
     /// A server restarting from what storage holds: its hard state and log.
     pub fn new(cfg: Config, hard_state: HardState, entries: Vec<Entry>) -> Self {
+        Raft::restart(cfg, hard_state, None, entries)
+    }
+
+    /// A server restarting from a snapshot (its state machine restored from
+    /// it) and the log entries after it (see `log_after_snapshot`).
+    pub fn restart(cfg: Config, hard_state: HardState, snapshot: Option<SnapshotMeta>, entries: Vec<Entry>) -> Self {
         cfg.validate().expect("invalid raft config");
-        let log = RaftLog::new(entries);
+        let snapshot = snapshot.unwrap_or_default();
+        let log = RaftLog::after_snapshot(snapshot.index, snapshot.term, entries);
         let stable = log.last_index();
         let mut raft = Raft {
             id: cfg.id,
@@ -229,7 +263,7 @@ impl Raft {
             log,
             role: Role::Follower,
             leader_id: None,
-            applied: 0,
+            applied: snapshot.index,
             election_elapsed: 0,
             heartbeat_elapsed: 0,
             randomized_election_timeout: 0,
@@ -243,22 +277,27 @@ impl Raft {
             proposals: BTreeMap::new(),
             orphans: BTreeMap::new(),
             broadcast_pending: false,
+            snapshot,
+            installed: None,
             durability: Durability::new(stable),
             msgs: Vec::new(),
             gated: VecDeque::new(),
             released_reads: Vec::new(),
             failed_reads: Vec::new(),
             dropped_proposals: Vec::new(),
+            unknown_proposals: Vec::new(),
         };
         raft.replication_targets = raft.cfg.voters.iter().map(|&v| (v, replication_target(v))).collect();
         raft.reset_election_timer();
         info!(
             target: T_ELECTION,
-            "node {} starting as follower at term {} with {} log entries (last term {})",
+            "node {} starting as follower at term {} with log {}..={} (last term {}, snapshot at {})",
             raft.id,
             raft.current_term,
+            raft.log.offset() + 1,
             raft.log.last_index(),
-            raft.log.last_term()
+            raft.log.last_term(),
+            raft.snapshot.index
         );
         raft
     }
@@ -321,6 +360,52 @@ impl Raft {
     }
     pub fn now(&self) -> u64 {
         self.now
+    }
+    /// The latest snapshot saved or installed (index 0: none).
+    pub fn snapshot(&self) -> &SnapshotMeta {
+        &self.snapshot
+    }
+
+    /// The metadata of a snapshot of the state machine after applying
+    /// `index`, if the log still knows that entry's term.
+    pub fn snapshot_meta(&self, index: Index) -> Option<SnapshotMeta> {
+        Some(SnapshotMeta {
+            index,
+            term: self.log.term(index)?,
+            voters: self.voters.voters().iter().copied().collect(),
+        })
+    }
+
+    /// The shell made a snapshot of its state machine durable. From now on
+    /// it is what a follower behind the log's start is sent, and the log
+    /// may be compacted up to it.
+    pub fn on_snapshot_saved(&mut self, meta: SnapshotMeta) {
+        assert!(meta.index <= self.applied, "snapshot at {} beyond applied {}", meta.index, self.applied);
+        if meta.index > self.snapshot.index {
+            info!(target: T_CONSENSUS, "node {} saved a snapshot at {} (term {})", self.id, meta.index, meta.term);
+            self.snapshot = meta;
+        }
+    }
+
+    /// Drops log entries up to `index` from memory, but never past the
+    /// latest saved snapshot, nor past a snapshot still being sent to a
+    /// follower (which will need the entries after that one next: etcd's
+    /// "snapshot loop", #4055). Returns the log's new compaction point;
+    /// storage may purge up to it.
+    pub fn compact(&mut self, index: Index) -> Index {
+        let in_transfer = self
+            .progress
+            .values()
+            .filter(|p| p.state == ProgressState::Snapshot)
+            .map(|p| p.pending_snapshot)
+            .min()
+            .unwrap_or(Index::MAX);
+        let upto = index.min(self.snapshot.index).min(self.applied).min(in_transfer);
+        if upto > self.log.offset() {
+            self.log.compact_to(upto);
+            debug!(target: T_CONSENSUS, "node {} compacted its log up to {}", self.id, upto);
+        }
+        self.log.offset()
     }
 
     // ------------------------------------------------------------------
@@ -388,12 +473,17 @@ impl Raft {
         // Safety net for AppendEntries lost without the transport noticing.
         let now = self.now;
         let stall = 2 * self.cfg.election_ticks;
+        let snapshot_timeout = SNAPSHOT_TIMEOUT_ELECTIONS * self.cfg.election_ticks;
         for (&peer, p) in self.progress.iter_mut() {
             if p.state == ProgressState::Replicate
                 && !p.inflight.is_empty()
                 && now - p.last_append_response_tick >= stall
             {
                 debug!(target: T_CONSENSUS, "replication to {peer} stalled; probing from {}", p.match_index + 1);
+                p.become_probe();
+            }
+            if p.state == ProgressState::Snapshot && now - p.snapshot_sent_tick >= snapshot_timeout {
+                warn!(target: T_CONSENSUS, "snapshot {} to {peer} got no answer; probing again", p.pending_snapshot);
                 p.become_probe();
             }
         }
@@ -473,9 +563,11 @@ impl Raft {
             return;
         }
         if let Some(p) = self.progress.get_mut(&peer) {
-            if p.state == ProgressState::Replicate {
-                debug!(target: T_CONSENSUS, "replication to {peer} failed; probing from {}", p.match_index + 1);
+            if p.state != ProgressState::Probe {
+                // After a snapshot whose fate is unknown, the probe starts
+                // right after it; a follower without it says so.
                 p.become_probe();
+                debug!(target: T_CONSENSUS, "replication to {peer} failed; probing from {}", p.next_index);
             }
             p.paused = true;
         }
@@ -528,7 +620,7 @@ impl Raft {
                 }
                 // A granted pre-vote carries the term the candidate will use.
                 Body::RequestVoteResponse { pre_vote: true, vote_granted: true } => {}
-                Body::AppendEntries { .. } | Body::Heartbeat { .. } => {
+                Body::AppendEntries { .. } | Body::Heartbeat { .. } | Body::InstallSnapshot { .. } => {
                     self.become_follower(m.term, Some(m.from));
                 }
                 _ => self.become_follower(m.term, None),
@@ -542,6 +634,7 @@ impl Raft {
                     self.respond_append(&m, false, prev, 0, 0, None, 0);
                 }
                 Body::Heartbeat { .. } => self.respond(&m, Body::HeartbeatResponse { ctx: 0 }),
+                Body::InstallSnapshot { .. } => self.respond(&m, Body::InstallSnapshotResponse { match_index: 0 }),
                 Body::RequestVote { .. } => self.respond_vote(&m, false),
                 _ => trace!(target: T_CONSENSUS, "node {} drops stale {:?} from {}", self.id, m.body.kind(), m.from),
             }
@@ -555,6 +648,8 @@ impl Raft {
             MessageKind::Heartbeat => self.handle_heartbeat(m),
             MessageKind::AppendEntriesResponse => self.handle_append_response(m),
             MessageKind::HeartbeatResponse => self.handle_heartbeat_response(m),
+            MessageKind::InstallSnapshot => self.handle_install_snapshot(m),
+            MessageKind::InstallSnapshotResponse => self.handle_install_snapshot_response(m),
         }
     }
 
@@ -570,14 +665,25 @@ impl Raft {
         let mut rd = Ready::default();
         if self.durability.has_unissued() {
             let hard_state = self.durability.hard_state_dirty.then(|| self.hard_state());
-            let (truncate_from, append_from) = self.durability.unissued_range(self.log.last_index());
-            let entries = match append_from {
-                Some(from) => self.log.slice(from, self.log.last_index()).to_vec(),
-                None => Vec::new(),
+            let last = self.log.last_index();
+            let op = if let Some(meta) = &self.installed {
+                debug_assert_eq!(self.durability.snapshot, Some(meta.index));
+                // The log was replaced: the snapshot, then all that follows it.
+                let entries = self.log.slice(self.log.offset() + 1, last).to_vec();
+                let seq = self.durability.issue(None, last);
+                PersistOp { seq, hard_state, snapshot: Some(meta.clone()), truncate_from: None, entries }
+            } else {
+                let (truncate_from, append_from) = self.durability.unissued_range(last);
+                let entries = match append_from {
+                    Some(from) => self.log.slice(from, last).to_vec(),
+                    None => Vec::new(),
+                };
+                let seq = self.durability.issue(truncate_from, last);
+                PersistOp { seq, hard_state, snapshot: None, truncate_from, entries }
             };
-            let seq = self.durability.issue(truncate_from, self.log.last_index());
-            rd.persist = Some(PersistOp { seq, hard_state, truncate_from, entries });
+            rd.persist = Some(op);
         }
+        rd.snapshot = self.installed.take();
         if self.log.commit_index() > self.applied {
             let commit = self.log.commit_index();
             rd.committed = self.log.entries_between(self.applied + 1, commit, self.cfg.max_apply_bytes);
@@ -595,6 +701,7 @@ impl Raft {
         self.released_reads = later;
         rd.failed_reads = std::mem::take(&mut self.failed_reads);
         rd.dropped_proposals = std::mem::take(&mut self.dropped_proposals);
+        rd.unknown_proposals = std::mem::take(&mut self.unknown_proposals);
         debug_assert!(rd.reads.iter().all(|&(_, i)| i <= self.applied));
         rd
     }
@@ -843,6 +950,14 @@ impl Raft {
         let Body::AppendEntries { prev_log_index, prev_log_term, ref entries, leader_commit, ctx } = m.body else {
             unreachable!()
         };
+        if prev_log_index < self.log.offset() {
+            // Behind our snapshot, which holds only committed entries, so
+            // they match the leader's: say how far we match (etcd does the
+            // same for anything below the commit index).
+            let commit = self.log.commit_index();
+            self.respond_append(&m, true, prev_log_index, commit, 0, None, ctx);
+            return;
+        }
         // "Reply false if log doesn't contain an entry at prevLogIndex whose
         // term matches prevLogTerm."
         match self.log.term(prev_log_index) {
@@ -930,6 +1045,63 @@ impl Raft {
         proposals.sort_unstable();
     }
 
+    /// InstallSnapshot, receiver side (figure 13, as etcd's `restore`). The
+    /// transport has the snapshot's state staged.
+    fn handle_install_snapshot(&mut self, m: Message) {
+        assert_ne!(self.role, Role::Leader, "two leaders at term {}", self.current_term);
+        self.heard_from_leader(m.from);
+        let Body::InstallSnapshot { ref meta } = m.body else { unreachable!() };
+        let commit = self.log.commit_index();
+        if meta.index <= commit {
+            // Nothing new: we have committed that far already.
+            debug!(target: T_CONSENSUS, "node {} ignores snapshot {} from {}: committed to {commit}", self.id, meta.index, m.from);
+            self.respond(&m, Body::InstallSnapshotResponse { match_index: commit });
+            return;
+        }
+        if self.log.term(meta.index) == Some(meta.term) {
+            // "If existing log entry has same index and term as snapshot's
+            // last included entry, retain log entries following it": the
+            // snapshot's entries are ours, only now known committed.
+            info!(target: T_CONSENSUS, "node {} has snapshot {}'s entries; commits up to it", self.id, meta.index);
+            self.commit_to(meta.index);
+            self.respond(&m, Body::InstallSnapshotResponse { match_index: meta.index });
+            return;
+        }
+        // "Discard the entire log"; the state machine restores the snapshot.
+        info!(
+            target: T_CONSENSUS,
+            "node {} installs snapshot at {} (term {}) from {}, replacing log {}..={}",
+            self.id,
+            meta.index,
+            meta.term,
+            m.from,
+            self.log.offset() + 1,
+            self.log.last_index()
+        );
+        // Proposals in the replaced log: up to the snapshot they are
+        // committed or not, which the snapshot does not say; after it they
+        // wait for their index to commit, like any removed proposal.
+        let proposals = std::mem::take(&mut self.proposals);
+        for (index, id) in proposals {
+            if index <= meta.index {
+                self.unknown_proposals.push(id);
+            } else {
+                let term = self.log.term(index).expect("a proposal's entry is in the log");
+                self.orphans.insert((index, term), id);
+            }
+        }
+        let later = self.orphans.split_off(&(meta.index + 1, 0));
+        let covered = std::mem::replace(&mut self.orphans, later);
+        self.unknown_proposals.extend(covered.into_values());
+        self.log.restore(meta.index, meta.term);
+        self.applied = meta.index;
+        self.durability.note_snapshot(meta.index);
+        self.snapshot = meta.clone();
+        self.installed = Some(meta.clone());
+        let match_index = meta.index;
+        self.respond(&m, Body::InstallSnapshotResponse { match_index });
+    }
+
     fn handle_heartbeat(&mut self, m: Message) {
         assert_ne!(self.role, Role::Leader, "two leaders at term {}", self.current_term);
         self.heard_from_leader(m.from);
@@ -997,7 +1169,11 @@ impl Raft {
                 return;
             }
             let prev_log_index = p.next_index - 1;
-            let prev_log_term = self.log.term(prev_log_index).expect("log holds every entry (no compaction yet)");
+            let Some(prev_log_term) = self.log.term(prev_log_index) else {
+                // The follower needs entries compacted away.
+                self.send_snapshot(peer);
+                return;
+            };
             let entries = self.log.entries_from(p.next_index, self.cfg.max_append_bytes);
             let sent_last = prev_log_index + entries.len() as Index;
             let body = Body::AppendEntries {
@@ -1019,6 +1195,44 @@ impl Raft {
                 return;
             }
         }
+    }
+
+    /// Starts a transfer of the latest snapshot to `peer`; replication to
+    /// it pauses until the transfer is answered or fails.
+    fn send_snapshot(&mut self, peer: NodeId) {
+        let meta = self.snapshot.clone();
+        assert!(meta.index >= self.log.offset(), "the log was compacted past the latest snapshot");
+        let now = self.now;
+        let target = self.replication_targets.get(&peer).map_or("raftkv::replication", String::as_str);
+        let Some(p) = self.progress.get_mut(&peer) else { return };
+        info!(
+            target: target,
+            "replication to {peer}: needs entry {} (log starts after {}); sending snapshot at {} (term {})",
+            p.next_index,
+            self.log.offset(),
+            meta.index,
+            meta.term
+        );
+        p.become_snapshot(meta.index, now);
+        let body = Body::InstallSnapshot { meta };
+        self.send(Message { from: self.id, to: peer, term: self.current_term, rpc_id: 0, body });
+    }
+
+    fn handle_install_snapshot_response(&mut self, m: Message) {
+        if self.role != Role::Leader {
+            return;
+        }
+        let Body::InstallSnapshotResponse { match_index } = m.body else { unreachable!() };
+        let target = self.replication_targets.get(&m.from).map_or("raftkv::replication", String::as_str);
+        let Some(p) = self.progress.get_mut(&m.from) else { return };
+        p.recent_active = true;
+        p.maybe_update(match_index);
+        if p.state == ProgressState::Snapshot {
+            info!(target: target, "replication to {}: snapshot {} answered, matches up to {match_index}", m.from, p.pending_snapshot);
+            p.become_probe();
+        }
+        self.maybe_commit();
+        self.send_append(m.from);
     }
 
     fn handle_append_response(&mut self, m: Message) {

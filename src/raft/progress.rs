@@ -8,6 +8,9 @@
 //! * **Replicate**: the follower is known to match up to `match_index`; the
 //!   leader streams entries optimistically, advancing `next_index` as it
 //!   sends, with at most `max_inflight` unanswered AppendEntries.
+//! * **Snapshot**: the follower needs entries the leader has compacted away;
+//!   a snapshot is on its way to it and nothing else is sent until the
+//!   transfer succeeds or fails (etcd's `StateSnapshot`).
 
 use std::collections::VecDeque;
 
@@ -17,6 +20,7 @@ use super::types::Index;
 pub enum ProgressState {
     Probe,
     Replicate,
+    Snapshot,
 }
 
 #[derive(Clone, Debug)]
@@ -37,6 +41,10 @@ pub struct Progress {
     pub acked_ctx: u64,
     /// Tick of the last AppendEntries response (for the stall safety net).
     pub last_append_response_tick: u64,
+    /// Snapshot only: the index of the snapshot being sent.
+    pub pending_snapshot: Index,
+    /// Snapshot only: the tick the transfer started.
+    pub snapshot_sent_tick: u64,
 }
 
 impl Progress {
@@ -50,12 +58,34 @@ impl Progress {
             recent_active: false,
             acked_ctx: 0,
             last_append_response_tick: now,
+            pending_snapshot: 0,
+            snapshot_sent_tick: 0,
         }
     }
 
+    /// After a snapshot transfer, probing resumes after whichever is later:
+    /// what is known to match, or the snapshot (if it was installed, the
+    /// follower has it; if not, a probe there is rejected with a hint).
     pub fn become_probe(&mut self) {
+        let after_snapshot = if self.state == ProgressState::Snapshot { self.pending_snapshot + 1 } else { 0 };
         self.state = ProgressState::Probe;
-        self.next_index = self.match_index + 1;
+        self.next_index = (self.match_index + 1).max(after_snapshot);
+        self.paused = false;
+        self.inflight.clear();
+        self.pending_snapshot = 0;
+    }
+
+    /// The transfer failed: the follower does not have the snapshot.
+    pub fn snapshot_failed(&mut self) {
+        self.pending_snapshot = 0;
+        self.become_probe();
+    }
+
+    /// A snapshot at `index` is being sent; nothing else goes out meanwhile.
+    pub fn become_snapshot(&mut self, index: Index, now: u64) {
+        self.state = ProgressState::Snapshot;
+        self.pending_snapshot = index;
+        self.snapshot_sent_tick = now;
         self.paused = false;
         self.inflight.clear();
     }
@@ -72,6 +102,7 @@ impl Progress {
         match self.state {
             ProgressState::Probe => !self.paused,
             ProgressState::Replicate => self.inflight.len() < max_inflight,
+            ProgressState::Snapshot => false,
         }
     }
 
@@ -79,6 +110,7 @@ impl Progress {
     pub fn sent(&mut self, last: Index) {
         match self.state {
             ProgressState::Probe => self.paused = true,
+            ProgressState::Snapshot => {}
             ProgressState::Replicate => {
                 if last >= self.next_index {
                     self.next_index = last + 1;
@@ -110,6 +142,8 @@ impl Progress {
     /// when the rejection is stale (it answers an older request).
     pub fn maybe_decrease(&mut self, rejected: Index, hint: Index) -> bool {
         match self.state {
+            // Sent before the transfer began: the snapshot decides.
+            ProgressState::Snapshot => false,
             ProgressState::Replicate => {
                 // Everything up to match_index is known to match, so a
                 // rejection at or below it answers an older request.
@@ -173,6 +207,29 @@ mod tests {
         assert_eq!(p.state, ProgressState::Probe);
         assert_eq!(p.next_index, 11);
         assert!(!p.maybe_decrease(12, 11), "probe at next-1 = 10 ignores 12");
+    }
+
+    #[test]
+    fn a_snapshot_transfer_pauses_replication_and_probing_resumes_after_it() {
+        let mut p = Progress::new(1, 0);
+        p.maybe_update(3);
+        p.become_snapshot(50, 7);
+        assert!(!p.can_send(8), "nothing but the snapshot goes out");
+        assert!(!p.maybe_decrease(4, 1), "a rejection from before the transfer is stale");
+        p.maybe_update(50);
+        p.become_probe();
+        assert_eq!((p.state.clone(), p.next_index, p.match_index), (ProgressState::Probe, 51, 50));
+        // Lost in transit (maybe installed): probe right after the snapshot;
+        // a follower without it rejects with a hint.
+        let mut p = Progress::new(1, 0);
+        p.maybe_update(3);
+        p.become_snapshot(50, 7);
+        p.become_probe();
+        assert_eq!((p.next_index, p.match_index, p.pending_snapshot), (51, 3, 0));
+        // Known to have failed: probe from what is known to match.
+        p.become_snapshot(50, 9);
+        p.snapshot_failed();
+        assert_eq!((p.state.clone(), p.next_index), (ProgressState::Probe, 4));
     }
 
     #[test]

@@ -74,3 +74,13 @@ impl std::fmt::Display for Role {
         f.write_str(self.as_str())
     }
 }
+
+/// What a snapshot covers: the state machine after applying every entry up
+/// to `index` (whose term is `term`), with the voters at that point. The
+/// core knows only this; the state itself is the shell's business.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SnapshotMeta {
+    pub index: Index,
+    pub term: Term,
+    pub voters: Vec<NodeId>,
+}
