@@ -232,6 +232,23 @@ mod tests {
         assert_eq!((p.state.clone(), p.next_index), (ProgressState::Probe, 4));
     }
 
+    /// Found by cargo-mutants: nothing pinned `match_index < next_index`
+    /// when an answer reports more than was sent in this stream (an answer
+    /// to an older stream, or "matches up to my commit index").
+    #[test]
+    fn next_index_stays_above_match_index() {
+        let mut p = Progress::new(1, 0);
+        p.become_replicate();
+        p.sent(4);
+        assert!(p.maybe_update(9));
+        assert_eq!((p.match_index, p.next_index), (9, 10));
+        assert!(p.inflight.is_empty());
+        // A rejection whose hint lies below what is known to match.
+        p.sent(12);
+        assert!(p.maybe_decrease(11, 3));
+        assert_eq!((p.state.clone(), p.next_index), (ProgressState::Probe, 10));
+    }
+
     #[test]
     fn rejection_never_moves_next_below_match() {
         let mut p = Progress::new(1, 0);
