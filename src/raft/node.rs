@@ -1015,13 +1015,19 @@ impl Raft {
             self.log.last_index(),
             self.current_term
         );
+        self.orphan_proposals_from(from);
+        self.log.truncate_from(from);
+        self.durability.note_truncate(from);
+    }
+
+    /// The entries of local proposals from `from` on are about to leave the
+    /// log: each proposal waits, by (index, term), for its index to commit.
+    fn orphan_proposals_from(&mut self, from: Index) {
         let removed = self.proposals.split_off(&from);
         for (index, id) in removed {
             let term = self.log.term(index).expect("a proposal's entry is in the log");
             self.orphans.insert((index, term), id);
         }
-        self.log.truncate_from(from);
-        self.durability.note_truncate(from);
     }
 
     /// Decides the fate of orphaned proposals at indexes up to `upto`, which
@@ -1078,18 +1084,11 @@ impl Raft {
             self.log.offset() + 1,
             self.log.last_index()
         );
-        // Proposals in the replaced log: up to the snapshot they are
-        // committed or not, which the snapshot does not say; after it they
-        // wait for their index to commit, like any removed proposal.
-        let proposals = std::mem::take(&mut self.proposals);
-        for (index, id) in proposals {
-            if index <= meta.index {
-                self.unknown_proposals.push(id);
-            } else {
-                let term = self.log.term(index).expect("a proposal's entry is in the log");
-                self.orphans.insert((index, term), id);
-            }
-        }
+        // Proposals in the replaced log: after the snapshot they wait for
+        // their index to commit, like any removed proposal; up to it they
+        // were committed or not, which the snapshot does not say.
+        self.orphan_proposals_from(meta.index + 1);
+        self.unknown_proposals.extend(std::mem::take(&mut self.proposals).into_values());
         let later = self.orphans.split_off(&(meta.index + 1, 0));
         let covered = std::mem::replace(&mut self.orphans, later);
         self.unknown_proposals.extend(covered.into_values());
