@@ -19,87 +19,31 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use log::{info, warn};
-use serde::Serialize;
 use tokio::sync::oneshot;
 
-use super::replicator::{Replicator, SendRpc};
-use super::state_machine::{Apply, ServeRead, StateMachineActor};
-use super::storage::{PersistBatch, StorageActor};
+use super::messages::{
+    Apply, ClientRead, ClientWrite, GetStatus, InboundRpc, LogStatus, PeerEvent, PeerStatus, PersistBatch, Persisted,
+    Purge, Restore, SendRpc, ServeRead, SnapshotInfo, SnapshotSaved, Status, TakeSnapshot, TakeSnapshotNow, Tick,
+};
+use super::replicator::Replicator;
+use super::state_machine::StateMachineActor;
+use super::storage::StorageActor;
 use super::{ClientError, ClientReply};
 use crate::config::Settings;
-use crate::kv::{Command, Query};
+use crate::kv::Query;
 use crate::metrics::Metrics;
 use crate::raft::progress::ProgressState;
-use crate::raft::{self, Message as RaftMessage, NodeId, NotLeader, PersistOp, Raft, RequestId, Role, Term, TickClock};
-use crate::wal::Recovered;
+use crate::raft::{
+    self, Entry, HardState, Index, Message as RaftMessage, NodeId, NotLeader, PersistOp, Raft, RequestId, Role,
+    SnapshotMeta, TickClock,
+};
+use crate::snapshot::SnapshotDir;
+
+/// After a snapshot could not be written, wait this long before the policy
+/// tries again (a full disk would otherwise be retried on every flush).
+const SNAPSHOT_RETRY: Duration = Duration::from_secs(10);
 
 const T_CONSENSUS: &str = "raftkv::consensus";
-
-/// ElectionTimer → Consensus: the clock moved on (Consensus reads the
-/// clock itself, before every input).
-pub struct Tick;
-
-impl Message for Tick {
-    type Result = ();
-}
-
-/// HTTP (`/raft/*`) → Consensus: a request from a peer. The core's answer
-/// goes back on `reply` (once durable, where the rules require it).
-pub struct InboundRpc {
-    pub msg: RaftMessage,
-    pub reply: oneshot::Sender<RaftMessage>,
-}
-
-impl Message for InboundRpc {
-    type Result = ();
-}
-
-/// Replicator → Consensus: what became of a request sent to a peer.
-pub enum PeerEvent {
-    Replied(RaftMessage),
-    Unreachable { peer: NodeId },
-}
-
-impl Message for PeerEvent {
-    type Result = ();
-}
-
-/// Storage → Consensus: every persist op up to `seq` is durable.
-pub struct Persisted {
-    pub seq: u64,
-}
-
-impl Message for Persisted {
-    type Result = ();
-}
-
-/// HTTP → Consensus: a client write to propose.
-pub struct ClientWrite {
-    pub command: Command,
-    pub reply: ClientReply,
-}
-
-impl Message for ClientWrite {
-    type Result = ();
-}
-
-/// HTTP → Consensus: a linearizable (ReadIndex) or lease read.
-pub struct ClientRead {
-    pub query: Query,
-    pub lease: bool,
-    pub reply: ClientReply,
-}
-
-impl Message for ClientRead {
-    type Result = ();
-}
-
-/// HTTP → Consensus: a snapshot of the node's consensus state.
-pub struct GetStatus;
-
-impl Message for GetStatus {
-    type Result = Status;
-}
 
 /// Consensus → itself, once its mailbox is drained: carry out `Ready`.
 struct Flush;
@@ -108,35 +52,12 @@ impl Message for Flush {
     type Result = ();
 }
 
-#[derive(Serialize, Clone, Debug)]
-pub struct PeerStatus {
-    pub id: NodeId,
-    pub address: String,
-    /// Leader only: highest index known replicated on the peer.
-    pub match_index: Option<u64>,
-    /// Leader only: next index to send.
-    pub next_index: Option<u64>,
-    /// Leader only: "probe" or "replicate".
-    pub state: Option<&'static str>,
-    pub inflight: Option<usize>,
-}
-
-#[derive(Serialize, Clone, Debug)]
-pub struct Status {
-    pub id: NodeId,
-    pub address: String,
-    pub role: &'static str,
-    pub term: Term,
-    pub voted_for: Option<NodeId>,
-    pub leader: Option<NodeId>,
-    pub leader_address: Option<String>,
-    pub commit_index: u64,
-    pub last_log_index: u64,
-    pub last_log_term: u64,
-    pub stable_index: u64,
-    pub peers: Vec<PeerStatus>,
-    pub pending_proposals: usize,
-    pub pending_reads: usize,
+/// Where the node starts from: what storage recovered, with the log
+/// already cut to continue after the latest snapshot.
+pub struct Boot {
+    pub hard_state: HardState,
+    pub snapshot: Option<SnapshotMeta>,
+    pub entries: Vec<Entry>,
 }
 
 pub struct ConsensusActor {
@@ -162,15 +83,26 @@ pub struct ConsensusActor {
     proposals: HashMap<RequestId, ClientReply>,
     reads: HashMap<RequestId, (Query, ClientReply)>,
     flush_scheduled: bool,
-    observed: (Role, Term, Option<NodeId>),
+    observed: (Role, crate::raft::Term, Option<NodeId>),
+    // snapshot policy
+    /// A snapshot at this index is being written.
+    snapshot_in_progress: Option<Index>,
+    /// Bytes of entries applied since the last snapshot started.
+    applied_bytes_since: u64,
+    snapshot_retry_at: Option<Instant>,
+    /// `POST /admin/snapshot` callers, with the applied index their
+    /// snapshot must cover.
+    snapshot_waiters: Vec<(Index, oneshot::Sender<Result<SnapshotInfo, String>>)>,
+    last_snapshot: Option<SnapshotInfo>,
 }
 
 impl ConsensusActor {
     pub fn start_with(
         settings: &Settings,
-        recovered: Recovered,
+        boot: Boot,
         storage: Addr<StorageActor>,
         state_machine: Addr<StateMachineActor>,
+        snapshots: SnapshotDir,
         metrics: Arc<Metrics>,
     ) -> Addr<ConsensusActor> {
         let settings = settings.clone();
@@ -183,8 +115,8 @@ impl ConsensusActor {
                     let r = Replicator::new(
                         peer,
                         addr,
-                        settings.listen.ip(),
-                        settings.peer_timeout,
+                        &settings,
+                        snapshots.clone(),
                         me.clone().recipient(),
                         metrics.clone(),
                     );
@@ -203,7 +135,7 @@ impl ConsensusActor {
                 seed: rand::random(),
                 max_apply_bytes: 1 << 20,
             };
-            let raft = Raft::new(cfg, recovered.hard_state, recovered.entries);
+            let raft = Raft::restart(cfg, boot.hard_state, boot.snapshot, boot.entries);
             let observed = (raft.role(), raft.current_term(), raft.leader_id());
             let clock = TickClock::new(settings.tick.as_nanos().max(1) as u64, 4 * settings.election_ticks() + 4);
             ConsensusActor {
@@ -226,6 +158,11 @@ impl ConsensusActor {
                 reads: HashMap::new(),
                 flush_scheduled: false,
                 observed,
+                snapshot_in_progress: None,
+                applied_bytes_since: 0,
+                snapshot_retry_at: None,
+                snapshot_waiters: Vec::new(),
+                last_snapshot: None,
             }
         })
     }
@@ -301,7 +238,13 @@ impl ConsensusActor {
         for m in rd.messages {
             self.route(m);
         }
+        if let Some(meta) = rd.snapshot {
+            // Before the entries that follow it.
+            self.applied_bytes_since = 0;
+            self.state_machine.do_send(Restore { meta });
+        }
         if !rd.committed.is_empty() {
+            self.applied_bytes_since += rd.committed.iter().map(|e| e.size_hint() as u64).sum::<u64>();
             let waiting = rd
                 .proposals
                 .into_iter()
@@ -336,6 +279,99 @@ impl ConsensusActor {
             self.flush_scheduled = true;
             ctx.notify(Flush);
         }
+        self.maybe_snapshot();
+        self.observe();
+    }
+
+    /// The snapshot policy: once enough entries (or bytes) were applied
+    /// since the latest snapshot, or a caller of `POST /admin/snapshot`
+    /// waits, the state machine freezes its state at the applied index and
+    /// the snapshotter writes it out; applying goes on meanwhile. One at a
+    /// time.
+    fn maybe_snapshot(&mut self) {
+        if self.snapshot_in_progress.is_some() {
+            return;
+        }
+        // Callers whose index a snapshot installed from the leader covers.
+        let latest = self.raft.snapshot().clone();
+        let covered: Vec<_> = self.snapshot_waiters.extract_if(.., |(want, _)| *want <= latest.index).collect();
+        for (_, reply) in covered {
+            let info = SnapshotInfo { index: latest.index, term: latest.term, ..Default::default() };
+            let _ = reply.send(Ok(self.last_snapshot.clone().filter(|l| l.index == latest.index).unwrap_or(info)));
+        }
+        let applied = self.raft.applied();
+        let since = applied - self.raft.snapshot().index.min(applied);
+        if since == 0 {
+            return;
+        }
+        let s = &self.settings;
+        let asked = self.snapshot_waiters.iter().any(|(want, _)| *want > self.raft.snapshot().index);
+        let due = (s.snapshot_entries > 0 && since >= s.snapshot_entries)
+            || (s.snapshot_bytes > 0 && self.applied_bytes_since >= s.snapshot_bytes);
+        let backing_off = self.snapshot_retry_at.is_some_and(|t| Instant::now() < t);
+        if !(asked || (due && !backing_off)) {
+            return;
+        }
+        let (Some(meta), Some(me)) = (self.raft.snapshot_meta(applied), &self.me) else { return };
+        self.snapshot_in_progress = Some(applied);
+        self.applied_bytes_since = 0;
+        self.state_machine.do_send(TakeSnapshot { meta, reply_to: me.clone().recipient() });
+    }
+
+    fn snapshot_saved(&mut self, msg: SnapshotSaved) {
+        self.snapshot_in_progress = None;
+        let meta = msg.meta;
+        let m = &self.metrics;
+        match msg.result {
+            Ok(info) => {
+                self.snapshot_retry_at = None;
+                self.raft.on_snapshot_saved(meta.clone());
+                // Keep a tail for followers that are a little behind; never
+                // past a snapshot still being sent (the core clamps).
+                let upto = self.raft.compact(meta.index.saturating_sub(self.settings.snapshot_keep_entries));
+                self.storage.do_send(Purge { upto });
+                m.snapshots_taken.fetch_add(1, Relaxed);
+                m.snapshot_last_bytes.store(info.bytes, Relaxed);
+                m.snapshot_last_micros.store((info.duration_ms * 1e3) as u64, Relaxed);
+                m.snapshot_seconds.observe(info.duration_ms / 1e3);
+                info!(
+                    target: super::snapshotter::T_SNAPSHOT,
+                    "node {} took snapshot at {} (term {}): {} bytes in {:.1} ms; log compacted up to {upto}, {} \
+                     entries ({} bytes) in memory",
+                    self.raft.id(),
+                    meta.index,
+                    meta.term,
+                    info.bytes,
+                    info.duration_ms,
+                    self.raft.log().len(),
+                    self.raft.log().bytes()
+                );
+                let waiters = std::mem::take(&mut self.snapshot_waiters);
+                for (want, reply) in waiters {
+                    if want <= meta.index {
+                        let _ = reply.send(Ok(info.clone()));
+                    } else {
+                        self.snapshot_waiters.push((want, reply));
+                    }
+                }
+                self.last_snapshot = Some(info);
+            }
+            Err(e) => {
+                m.snapshots_failed.fetch_add(1, Relaxed);
+                self.snapshot_retry_at = Some(Instant::now() + SNAPSHOT_RETRY);
+                warn!(
+                    target: super::snapshotter::T_SNAPSHOT,
+                    "node {} snapshot at {} failed: {e}; the log is not compacted, next try in {:?}",
+                    self.raft.id(),
+                    meta.index,
+                    SNAPSHOT_RETRY
+                );
+                for (_, reply) in self.snapshot_waiters.drain(..) {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+        }
+        self.maybe_snapshot();
         self.observe();
     }
 
@@ -367,6 +403,11 @@ impl ConsensusActor {
         m.stable_index.store(r.stable_index(), Relaxed);
         m.pending_proposals.store(self.proposals.len() as u64, Relaxed);
         m.pending_reads.store(self.reads.len() as u64, Relaxed);
+        m.log_first_index.store(r.log().offset() + 1, Relaxed);
+        m.log_entries_memory.store(r.log().len() as u64, Relaxed);
+        m.log_bytes_memory.store(r.log().bytes() as u64, Relaxed);
+        m.snapshot_index.store(r.snapshot().index, Relaxed);
+        m.snapshot_term.store(r.snapshot().term, Relaxed);
         let last = r.last_index();
         for (peer, pm) in &m.peers {
             let (matched, lag) = match r.progress().get(peer) {
@@ -415,6 +456,26 @@ impl ConsensusActor {
             peers,
             pending_proposals: self.proposals.len(),
             pending_reads: self.reads.len(),
+            log: self.log_status(),
+        }
+    }
+
+    fn log_status(&self) -> LogStatus {
+        let r = &self.raft;
+        let m = &self.metrics;
+        LogStatus {
+            first_index: r.log().offset() + 1,
+            entries_in_memory: r.log().len() as u64,
+            bytes_in_memory: r.log().bytes() as u64,
+            wal_bytes_on_disk: m.wal_disk_bytes.load(Relaxed),
+            wal_segments: m.wal_segments.load(Relaxed),
+            snapshot_index: r.snapshot().index,
+            snapshot_term: r.snapshot().term,
+            last_snapshot: self.last_snapshot.clone(),
+            snapshot_bytes_on_disk: m.snapshot_disk_bytes.load(Relaxed),
+            snapshots_taken: m.snapshots_taken.load(Relaxed),
+            snapshots_sent: m.snapshots_sent.load(Relaxed),
+            snapshots_received: m.snapshots_received.load(Relaxed),
         }
     }
 }
@@ -505,7 +566,7 @@ impl Handler<ClientWrite> for ConsensusActor {
         let Some(reply) = self.admit(msg.reply) else { return };
         self.advance_clock();
         let id = self.next_id();
-        match self.raft.propose(id, msg.command.encode()) {
+        match self.raft.propose(id, msg.command) {
             Ok(_) => {
                 self.metrics.proposals.fetch_add(1, Relaxed);
                 self.proposals.insert(id, reply);
@@ -553,5 +614,38 @@ impl Handler<Flush> for ConsensusActor {
     fn handle(&mut self, _: Flush, ctx: &mut Self::Context) {
         self.flush_scheduled = false;
         self.flush(ctx);
+    }
+}
+
+impl Handler<SnapshotSaved> for ConsensusActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: SnapshotSaved, _: &mut Self::Context) {
+        self.advance_clock();
+        self.snapshot_saved(msg);
+    }
+}
+
+impl Handler<TakeSnapshotNow> for ConsensusActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: TakeSnapshotNow, _: &mut Self::Context) {
+        let applied = self.raft.applied();
+        let latest = self.raft.snapshot().clone();
+        if applied == 0 {
+            let _ = msg.reply.send(Err("nothing to snapshot: no log entry has been applied yet".into()));
+            return;
+        }
+        if applied <= latest.index && self.snapshot_in_progress.is_none() {
+            // Nothing new since the latest snapshot (taken or installed).
+            let info = match &self.last_snapshot {
+                Some(info) if info.index == latest.index => info.clone(),
+                _ => SnapshotInfo { index: latest.index, term: latest.term, ..Default::default() },
+            };
+            let _ = msg.reply.send(Ok(info));
+            return;
+        }
+        self.snapshot_waiters.push((applied, msg.reply));
+        self.maybe_snapshot();
     }
 }

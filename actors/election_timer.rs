@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 
-use super::consensus::Tick;
+use super::messages::Tick;
 
 /// Anyone → ElectionTimer: stop ticking (the node is shutting down).
 pub struct Stop;

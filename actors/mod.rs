@@ -1,34 +1,47 @@
-//! The actors of one raftkv node and who sends what to whom.
+//! The actors of one raftkv node and who sends what to whom. Every message
+//! type is in `messages.rs`.
 //!
 //! ```text
-//!                 Tick                          PersistBatch
-//!  ElectionTimer ───────►┐          ┌──────────────────────────► Storage (own thread)
+//!                 Tick                          PersistBatch, Purge
+//!  ElectionTimer ───────►┐          ┌──────────────────────────► Storage (own thread: WAL)
 //!                        │          │ ◄────────── Persisted ─────┘
 //!  HTTP front door ──────┤          │
 //!   InboundRpc (/raft/*) ├─► Consensus ──── SendRpc ───────────► Replicator (one per peer)
-//!   ClientWrite/ClientRead          │ ◄── PeerReply / PeerUnreachable ┘   (HTTP to the peer)
-//!   GetStatus            │          │
-//!                        │          └──── Apply, ServeRead ────► StateMachine
+//!   ClientWrite/ClientRead          │ ◄── PeerEvent ─────────────┘   (HTTP to the peer;
+//!   GetStatus, TakeSnapshotNow      │                                 streams snapshot files)
+//!                        │          └── Restore, Apply, ServeRead,
+//!                        │              TakeSnapshot ──────────► StateMachine
+//!                        │                                            │ WriteSnapshot
+//!                        └◄──────── SnapshotSaved ─────────────── Snapshotter (own thread: snap/)
 //!  HTTP front door ─── LocalRead, GetApplied ──────────────────► StateMachine
+//!  HTTP /raft/install_snapshot ─── ReceiveChunk ───────────────► Snapshotter
 //! ```
 //!
 //! * **Consensus** owns the pure Raft core (`crate::raft::Raft`) and is the
 //!   only owner of term, vote, log and commit index. It feeds every input
-//!   into the core and carries out the core's `Ready`.
+//!   into the core and carries out the core's `Ready`; it also runs the
+//!   snapshot policy (when to snapshot, how far to compact).
 //! * **ElectionTimer** is the clock: it wakes Consensus every tick.
 //! * **Replicator** (one per peer) does the HTTP requests to its peer and
 //!   reports each answer or failure back.
 //! * **Storage** writes and fsyncs the WAL on a dedicated thread; batches
-//!   that arrive while it is busy share one fsync (group commit).
+//!   that arrive while it is busy share one fsync (group commit). It
+//!   deletes WAL segments a snapshot covers.
 //! * **StateMachine** applies committed entries to the key-value map,
-//!   answers the clients waiting for them, and serves reads.
+//!   answers the clients waiting for them, and serves reads. It freezes
+//!   its state for a snapshot in O(1) and restores installed snapshots.
+//! * **Snapshotter** writes snapshot files and stages the ones streamed
+//!   from the leader, on its own thread, so neither the WAL's fsyncs nor
+//!   applying wait for it.
 //!
 //! Actors exchange typed messages only. Client requests carry a one-shot
 //! reply channel that travels with the request to whichever actor answers it.
 
 pub mod consensus;
 pub mod election_timer;
+pub mod messages;
 pub mod replicator;
+pub mod snapshotter;
 pub mod state_machine;
 pub mod storage;
 
@@ -37,10 +50,11 @@ use std::sync::Arc;
 use actix::prelude::*;
 
 use crate::config::Settings;
-use crate::kv::{CommandResult, QueryResult};
+use crate::kv::{CommandResult, KvStore, QueryResult};
 use crate::metrics::Metrics;
 use crate::raft::NodeId;
-use crate::wal::{Recovered, WalWriter};
+use crate::snapshot::SnapshotDir;
+use crate::wal::WalWriter;
 
 /// Why a client request was not carried out.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,12 +85,32 @@ pub type ClientReply = tokio::sync::oneshot::Sender<ClientResult>;
 pub struct NodeHandles {
     pub consensus: Addr<consensus::ConsensusActor>,
     pub state_machine: Addr<state_machine::StateMachineActor>,
+    pub snapshotter: Addr<snapshotter::Snapshotter>,
     pub metrics: Arc<Metrics>,
 }
 
-/// Starts the actors of one node inside the running actix system.
-pub fn spawn_node(settings: &Settings, recovered: Recovered, wal: WalWriter, metrics: Arc<Metrics>) -> NodeHandles {
-    let state_machine = state_machine::StateMachineActor::new(settings.id, metrics.clone()).start();
+/// Starts the actors of one node inside the running actix system, from
+/// what start-up recovered: the state machine restored from the latest
+/// snapshot and the consensus state with the log after it.
+pub fn spawn_node(
+    settings: &Settings,
+    boot: consensus::Boot,
+    store: KvStore,
+    snapshots: SnapshotDir,
+    wal: WalWriter,
+    metrics: Arc<Metrics>,
+) -> NodeHandles {
+    let (id, dir, snap_metrics) = (settings.id, snapshots.clone(), metrics.clone());
+    let snapshotter =
+        SyncArbiter::start(1, move || snapshotter::Snapshotter::new(id, dir.clone(), snap_metrics.clone()));
+    let state_machine = state_machine::StateMachineActor::new(
+        settings.id,
+        store,
+        snapshots.clone(),
+        snapshotter.clone(),
+        metrics.clone(),
+    )
+    .start();
 
     let wal = std::sync::Mutex::new(Some(wal));
     let storage_metrics = metrics.clone();
@@ -85,8 +119,14 @@ pub fn spawn_node(settings: &Settings, recovered: Recovered, wal: WalWriter, met
         storage::StorageActor::new(wal, storage_metrics.clone())
     });
 
-    let consensus =
-        consensus::ConsensusActor::start_with(settings, recovered, storage, state_machine.clone(), metrics.clone());
+    let consensus = consensus::ConsensusActor::start_with(
+        settings,
+        boot,
+        storage,
+        state_machine.clone(),
+        snapshots,
+        metrics.clone(),
+    );
     election_timer::ElectionTimer::new(settings.tick, consensus.clone().recipient()).start();
-    NodeHandles { consensus, state_machine, metrics }
+    NodeHandles { consensus, state_machine, snapshotter, metrics }
 }

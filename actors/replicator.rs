@@ -13,22 +13,20 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use log::{debug, info, trace, warn};
 
-use super::consensus::PeerEvent;
-use crate::codec::{decode_message, encode_message};
+use super::messages::{PeerEvent, SendRpc};
+use crate::codec::{decode_message, encode_message, encode_snapshot_chunk};
+use crate::config::Settings;
 use crate::metrics::Metrics;
-use crate::raft::{Message as RaftMessage, MessageKind, NodeId, replication_target};
+use crate::raft::{Body, Message as RaftMessage, MessageKind, NodeId, replication_target};
+use crate::snapshot::{SnapshotDir, read_chunk};
 
-/// Consensus → Replicator: deliver this request to the peer.
-pub struct SendRpc(pub RaftMessage);
-
-impl Message for SendRpc {
-    type Result = ();
-}
+/// Largest response body accepted from a peer (answers are small).
+const MAX_RESPONSE: usize = 1 << 20;
 
 pub struct Replicator {
     peer: NodeId,
@@ -36,6 +34,11 @@ pub struct Replicator {
     local: IpAddr,
     timeout: Duration,
     client: Option<awc::Client>,
+    snapshots: SnapshotDir,
+    chunk_bytes: usize,
+    chunk_timeout: Duration,
+    /// A snapshot is being streamed to the peer.
+    transferring: bool,
     consensus: Recipient<PeerEvent>,
     metrics: Arc<Metrics>,
     target: String,
@@ -49,17 +52,21 @@ impl Replicator {
     pub fn new(
         peer: NodeId,
         addr: SocketAddr,
-        local: IpAddr,
-        timeout: Duration,
+        settings: &Settings,
+        snapshots: SnapshotDir,
         consensus: Recipient<PeerEvent>,
         metrics: Arc<Metrics>,
     ) -> Self {
         Replicator {
             peer,
             base_url: format!("http://{addr}"),
-            local,
-            timeout,
+            local: settings.listen.ip(),
+            timeout: settings.peer_timeout,
             client: None,
+            snapshots,
+            chunk_bytes: settings.snapshot_chunk_bytes,
+            chunk_timeout: settings.snapshot_chunk_timeout,
+            transferring: false,
             consensus,
             metrics,
             target: replication_target(peer),
@@ -75,12 +82,7 @@ impl Replicator {
             MessageKind::AppendEntries => "append_entries",
             MessageKind::Heartbeat => "heartbeat",
             MessageKind::PreVote | MessageKind::RequestVote => "request_vote",
-            MessageKind::InstallSnapshot => {
-                // Only sent by a leader that compacted its log, which this
-                // node does not do yet (issue 10): the transfer is not built.
-                warn!(target: &self.target, "snapshot transfer is not built into this node yet; not sent");
-                return;
-            }
+            MessageKind::InstallSnapshot => return self.send_snapshot(msg, ctx),
             other => {
                 warn!(target: &self.target, "not a request, not sent: {}", other.as_str());
                 return;
@@ -97,21 +99,16 @@ impl Replicator {
             self.heartbeat_in_flight = true;
         }
         trace!(target: &self.target, "-> {}: {} term {}", self.peer, kind.as_str(), msg.term);
-        let client = self.client.get_or_insert_with(|| {
-            awc::Client::builder()
-                .connector(awc::Connector::new().local_address(self.local))
-                .timeout(self.timeout)
-                .disable_redirects()
-                .finish()
-        });
-        let request = client
-            .post(format!("{}/raft/{path}", self.base_url))
+        let url = format!("{}/raft/{path}", self.base_url);
+        let request = self
+            .client()
+            .post(url)
             .insert_header(("content-type", "application/octet-stream"))
             .send_body(encode_message(&msg));
         let fut = async move {
             let mut resp = request.await.map_err(|e| e.to_string())?;
             let status = resp.status();
-            let body = resp.body().limit(1 << 20).await.map_err(|e| e.to_string())?;
+            let body = resp.body().limit(MAX_RESPONSE).await.map_err(|e| e.to_string())?;
             if !status.is_success() {
                 return Err(format!("HTTP {status}: {}", String::from_utf8_lossy(&body)));
             }
@@ -147,6 +144,103 @@ impl Replicator {
                 act.heartbeat_in_flight = false;
                 if let Some(next) = act.queued_heartbeat.take() {
                     act.send(next, ctx);
+                }
+            }
+        }));
+    }
+}
+
+impl Replicator {
+    fn client(&mut self) -> &awc::Client {
+        self.client.get_or_insert_with(|| {
+            awc::Client::builder()
+                .connector(awc::Connector::new().local_address(self.local))
+                .timeout(self.timeout)
+                .disable_redirects()
+                .finish()
+        })
+    }
+
+    /// Streams the snapshot file `msg` names to the peer in chunks of
+    /// `snapshot_chunk_bytes`, each with its own timeout; the answer to the
+    /// last chunk is the follower core's InstallSnapshotResponse. Any
+    /// failure ends the transfer and is reported as unreachable: the core
+    /// probes again and starts a new transfer if one is still needed.
+    fn send_snapshot(&mut self, msg: RaftMessage, ctx: &mut Context<Self>) {
+        let Body::InstallSnapshot { meta } = &msg.body else { unreachable!("checked by the caller") };
+        if self.transferring {
+            debug!(target: &self.target, "-> {}: a snapshot transfer is already running; snapshot {} waits", self.peer, meta.index);
+            return;
+        }
+        let path = self.snapshots.path_of(meta.index, meta.term);
+        // Opened now: a file pruned meanwhile stays readable through it.
+        let opened = std::fs::File::open(&path).and_then(|f| Ok((f.metadata()?.len(), f)));
+        let (total, mut file) = match opened {
+            Ok(x) => x,
+            Err(e) => {
+                warn!(target: &self.target, "-> {}: cannot open snapshot {}: {e}", self.peer, path.display());
+                self.consensus.do_send(PeerEvent::Unreachable { peer: self.peer });
+                return;
+            }
+        };
+        info!(
+            target: &self.target,
+            "-> {}: sending snapshot at {} (term {}): {total} bytes in chunks of {}",
+            self.peer,
+            meta.index,
+            meta.term,
+            self.chunk_bytes
+        );
+        self.transferring = true;
+        let (chunk, timeout) = (self.chunk_bytes, self.chunk_timeout);
+        let url = format!("{}/raft/install_snapshot", self.base_url);
+        let client = self.client().clone();
+        let started = Instant::now();
+        let fut = async move {
+            let mut offset = 0u64;
+            loop {
+                let data =
+                    read_chunk(&mut file, offset, chunk).map_err(|e| format!("reading {}: {e}", path.display()))?;
+                if data.is_empty() {
+                    return Err(format!("{} ended at {offset} of {total} bytes", path.display()));
+                }
+                let end = offset + data.len() as u64;
+                let body = encode_snapshot_chunk(&msg, offset, total, &data);
+                let mut resp = client
+                    .post(&url)
+                    .timeout(timeout)
+                    .insert_header(("content-type", "application/octet-stream"))
+                    .send_body(body)
+                    .await
+                    .map_err(|e| format!("chunk at {offset}: {e}"))?;
+                let status = resp.status();
+                let reply = resp.body().limit(MAX_RESPONSE).await.map_err(|e| format!("chunk at {offset}: {e}"))?;
+                if !status.is_success() {
+                    return Err(format!("chunk at {offset}: HTTP {status}: {}", String::from_utf8_lossy(&reply)));
+                }
+                if end >= total {
+                    return decode_message(reply).map_err(|e| format!("answer to the last chunk: {e}"));
+                }
+                offset = end;
+            }
+        };
+        ctx.spawn(fut.into_actor(self).map(move |res, act, _| {
+            act.transferring = false;
+            match res {
+                Ok(reply) => {
+                    info!(
+                        target: &act.target,
+                        "-> {}: snapshot sent: {total} bytes in {:?}",
+                        act.peer,
+                        started.elapsed()
+                    );
+                    act.metrics.snapshots_sent.fetch_add(1, Relaxed);
+                    act.consensus.do_send(PeerEvent::Replied(reply));
+                }
+                Err(e) => {
+                    warn!(target: &act.target, "-> {}: snapshot transfer failed: {e}", act.peer);
+                    act.metrics.snapshots_send_failed.fetch_add(1, Relaxed);
+                    act.consensus.do_send(PeerEvent::Unreachable { peer: act.peer });
                 }
             }
         }));

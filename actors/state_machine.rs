@@ -10,62 +10,40 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
 use actix::prelude::*;
-use log::{debug, error, trace};
+use log::{debug, error, info, trace};
 
-use super::{ClientOutcome, ClientReply};
-use crate::kv::{Command, KvStore, Query, QueryResult};
+use super::ClientOutcome;
+use super::messages::{Apply, GetApplied, LocalRead, Restore, ServeRead, TakeSnapshot, WriteSnapshot};
+use super::snapshotter::Snapshotter;
+use crate::kv::KvStore;
 use crate::metrics::Metrics;
-use crate::raft::{Entry, EntryData, Index, NodeId};
+use crate::raft::{EntryData, Index, NodeId};
+use crate::snapshot::SnapshotDir;
+use crate::state_machine::StateMachine;
 
 const T_SM: &str = "raftkv::state_machine";
-
-/// Consensus → StateMachine: committed entries, in order, and the clients
-/// waiting for some of them (by log index).
-pub struct Apply {
-    pub entries: Vec<Entry>,
-    pub waiting: Vec<(Index, ClientReply)>,
-}
-
-impl Message for Apply {
-    type Result = ();
-}
-
-/// Consensus → StateMachine: a linearizable read confirmed at `index`.
-pub struct ServeRead {
-    pub index: Index,
-    pub query: Query,
-    pub reply: ClientReply,
-}
-
-impl Message for ServeRead {
-    type Result = ();
-}
-
-/// HTTP → StateMachine: a read served from local state (`consistency=stale`).
-pub struct LocalRead {
-    pub query: Query,
-}
-
-impl Message for LocalRead {
-    type Result = (QueryResult, Index);
-}
-
-/// HTTP → StateMachine: the index applied so far.
-pub struct GetApplied;
-
-impl Message for GetApplied {
-    type Result = Index;
-}
 
 pub struct StateMachineActor {
     id: NodeId,
     store: KvStore,
     metrics: Arc<Metrics>,
+    /// Where snapshots installed from the leader are read from.
+    snapshots: SnapshotDir,
+    snapshotter: Addr<Snapshotter>,
 }
 
 impl StateMachineActor {
-    pub fn new(id: NodeId, metrics: Arc<Metrics>) -> Self {
-        StateMachineActor { id, store: KvStore::new(), metrics }
+    /// `store` is the state recovered at start-up (from the latest snapshot).
+    pub fn new(
+        id: NodeId,
+        store: KvStore,
+        snapshots: SnapshotDir,
+        snapshotter: Addr<Snapshotter>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        metrics.applied_index.store(store.applied(), Relaxed);
+        metrics.keys.store(store.len() as u64, Relaxed);
+        StateMachineActor { id, store, metrics, snapshots, snapshotter }
     }
 }
 
@@ -88,16 +66,15 @@ impl Handler<Apply> for StateMachineActor {
                     self.store.skip(e.index);
                     None
                 }
-                EntryData::Command(bytes) => match Command::decode(bytes) {
-                    Ok(cmd) => {
-                        trace!(target: T_SM, "node {} applies {} ({})", self.id, e.index, cmd.key());
-                        Some(self.store.apply(e.index, cmd))
+                EntryData::Command(bytes) => match StateMachine::apply(&mut self.store, e.index, bytes) {
+                    Ok(result) => {
+                        trace!(target: T_SM, "node {} applied {}: {result:?}", self.id, e.index);
+                        Some(result)
                     }
                     Err(err) => {
                         // Every node decodes the same bytes the same way, so
                         // skipping keeps replicas identical; it means a bug.
-                        error!(target: T_SM, "node {} cannot decode entry {}: {err}; skipping it", self.id, e.index);
-                        self.store.skip(e.index);
+                        error!(target: T_SM, "node {} cannot decode entry {}: {err}; skipped it", self.id, e.index);
                         None
                     }
                 },
@@ -147,5 +124,54 @@ impl Handler<GetApplied> for StateMachineActor {
 
     fn handle(&mut self, _: GetApplied, _: &mut Self::Context) -> Index {
         self.store.applied()
+    }
+}
+
+impl Handler<TakeSnapshot> for StateMachineActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: TakeSnapshot, _: &mut Self::Context) {
+        assert_eq!(
+            self.store.applied(),
+            msg.meta.index,
+            "snapshot at {} requested with the state machine at {}",
+            msg.meta.index,
+            self.store.applied()
+        );
+        // O(1): the frozen copy shares the map; applying goes on.
+        let frozen = Box::new(self.store.freeze());
+        debug!(target: T_SM, "node {} froze its state at {} for a snapshot", self.id, msg.meta.index);
+        self.snapshotter.do_send(WriteSnapshot { meta: msg.meta, frozen, reply_to: msg.reply_to });
+    }
+}
+
+impl Handler<Restore> for StateMachineActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Restore, _: &mut Self::Context) {
+        let meta = msg.meta;
+        let path = self.snapshots.path_of(meta.index, meta.term);
+        // The file was verified when it was received and the core only
+        // installs what is in place: failing here is a broken invariant.
+        let snap = match self.snapshots.load(&path) {
+            Ok(s) => s,
+            Err(e) => panic!("cannot restore the installed snapshot: {e}"),
+        };
+        let store = match KvStore::restore(meta.index, snap.data) {
+            Ok(s) => s,
+            Err(e) => panic!("cannot restore the installed snapshot {}: {e}", path.display()),
+        };
+        info!(
+            target: T_SM,
+            "node {} restored snapshot at {} (term {}): {} keys, replacing state at {}",
+            self.id,
+            meta.index,
+            meta.term,
+            store.len(),
+            self.store.applied()
+        );
+        self.store = store;
+        self.metrics.applied_index.store(self.store.applied(), Relaxed);
+        self.metrics.keys.store(self.store.len() as u64, Relaxed);
     }
 }

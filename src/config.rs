@@ -78,6 +78,29 @@ pub struct Args {
     /// microseconds; 0: no time limit (default 1000).
     #[arg(long, env = "RAFTKV_FLUSH_MAX_DELAY_US")]
     pub flush_max_delay_us: Option<u64>,
+    /// Take a snapshot (and compact the log) once this many entries were
+    /// applied since the last one; 0: not by count (default 10000).
+    #[arg(long, env = "RAFTKV_SNAPSHOT_ENTRIES")]
+    pub snapshot_entries: Option<u64>,
+    /// ... or once the entries applied since the last one add up to this
+    /// many bytes; 0: not by size (default 67108864).
+    #[arg(long, env = "RAFTKV_SNAPSHOT_BYTES")]
+    pub snapshot_bytes: Option<u64>,
+    /// Entries kept in the log behind a snapshot, so a follower that is a
+    /// little behind still gets entries rather than a snapshot (default 5000).
+    #[arg(long, env = "RAFTKV_SNAPSHOT_KEEP_ENTRIES")]
+    pub snapshot_keep_entries: Option<u64>,
+    /// Size at which the write-ahead log starts a new segment file; whole
+    /// segments are deleted once a snapshot covers them (default 67108864).
+    #[arg(long, env = "RAFTKV_WAL_SEGMENT_BYTES")]
+    pub wal_segment_bytes: Option<u64>,
+    /// Bytes per request when a snapshot is streamed to a follower (default 1048576).
+    #[arg(long, env = "RAFTKV_SNAPSHOT_CHUNK_BYTES")]
+    pub snapshot_chunk_bytes: Option<usize>,
+    /// How long one snapshot chunk may take before the transfer is given up
+    /// (and retried) (default 10000).
+    #[arg(long, env = "RAFTKV_SNAPSHOT_CHUNK_TIMEOUT_MS")]
+    pub snapshot_chunk_timeout_ms: Option<u64>,
 }
 
 /// The same settings as they may appear in the TOML file.
@@ -101,6 +124,12 @@ pub struct FileSettings {
     pub max_pending: Option<usize>,
     pub flush_max_inputs: Option<usize>,
     pub flush_max_delay_us: Option<u64>,
+    pub snapshot_entries: Option<u64>,
+    pub snapshot_bytes: Option<u64>,
+    pub snapshot_keep_entries: Option<u64>,
+    pub wal_segment_bytes: Option<u64>,
+    pub snapshot_chunk_bytes: Option<usize>,
+    pub snapshot_chunk_timeout_ms: Option<u64>,
 }
 
 /// `peers = "2=host:port,3=host:port"` or `peers = ["2=host:port", ...]`.
@@ -137,7 +166,18 @@ pub struct Settings {
     pub flush_max_inputs: usize,
     /// ... or when the oldest unflushed input is this old (zero: never).
     pub flush_max_delay: Duration,
+    /// Snapshot policy: entries or bytes applied since the last snapshot
+    /// (0: that trigger is off), and the log tail kept behind it.
+    pub snapshot_entries: u64,
+    pub snapshot_bytes: u64,
+    pub snapshot_keep_entries: u64,
+    pub wal_segment_bytes: u64,
+    pub snapshot_chunk_bytes: usize,
+    pub snapshot_chunk_timeout: Duration,
 }
+
+/// The largest snapshot chunk a node sends or accepts.
+pub const MAX_SNAPSHOT_CHUNK: usize = 64 << 20;
 
 impl Settings {
     /// Every voter, this node included.
@@ -228,6 +268,12 @@ impl Args {
             max_pending: self.max_pending.or(file.max_pending).unwrap_or(4096),
             flush_max_inputs: self.flush_max_inputs.or(file.flush_max_inputs).unwrap_or(256),
             flush_max_delay: Duration::from_micros(self.flush_max_delay_us.or(file.flush_max_delay_us).unwrap_or(1000)),
+            snapshot_entries: self.snapshot_entries.or(file.snapshot_entries).unwrap_or(10_000),
+            snapshot_bytes: self.snapshot_bytes.or(file.snapshot_bytes).unwrap_or(64 << 20),
+            snapshot_keep_entries: self.snapshot_keep_entries.or(file.snapshot_keep_entries).unwrap_or(5_000),
+            wal_segment_bytes: self.wal_segment_bytes.or(file.wal_segment_bytes).unwrap_or(64 << 20),
+            snapshot_chunk_bytes: self.snapshot_chunk_bytes.or(file.snapshot_chunk_bytes).unwrap_or(1 << 20),
+            snapshot_chunk_timeout: ms(self.snapshot_chunk_timeout_ms, file.snapshot_chunk_timeout_ms, 10_000),
         };
         if s.tick.is_zero() || s.heartbeat < s.tick {
             return Err("tick_ms must be positive and no longer than heartbeat_ms".into());
@@ -248,6 +294,15 @@ impl Args {
         // Deadlines are instants: an absurd timeout would overflow them.
         if s.request_read_timeout > Duration::from_secs(3600) {
             return Err("request_read_timeout_ms must be at most 3600000 (an hour)".into());
+        }
+        if s.wal_segment_bytes < 4096 {
+            return Err("wal_segment_bytes must be at least 4096".into());
+        }
+        if s.snapshot_chunk_bytes == 0 || s.snapshot_chunk_bytes > MAX_SNAPSHOT_CHUNK {
+            return Err(format!("snapshot_chunk_bytes must be between 1 and {MAX_SNAPSHOT_CHUNK}"));
+        }
+        if s.snapshot_chunk_timeout.is_zero() || s.snapshot_chunk_timeout > Duration::from_secs(3600) {
+            return Err("snapshot_chunk_timeout_ms must be between 1 and 3600000".into());
         }
         Ok(s)
     }
@@ -335,6 +390,21 @@ mod tests {
         let file = args(&["--config", path.to_str().unwrap()]).resolve().unwrap();
         assert_eq!((file.flush_max_inputs, file.flush_max_delay), (64, Duration::from_micros(250)));
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn snapshot_policy_defaults_and_limits() {
+        let base = ["--id", "1", "--listen", "127.0.0.1:8001"];
+        let d = args(&base).resolve().unwrap();
+        assert_eq!((d.snapshot_entries, d.snapshot_bytes, d.snapshot_keep_entries), (10_000, 64 << 20, 5_000));
+        assert_eq!((d.wal_segment_bytes, d.snapshot_chunk_bytes), (64 << 20, 1 << 20));
+        let set = args(&[&base[..], &["--snapshot-entries", "100", "--snapshot-keep-entries", "10"]].concat());
+        let set = set.resolve().unwrap();
+        assert_eq!((set.snapshot_entries, set.snapshot_keep_entries), (100, 10));
+        let e = |extra: &[&str]| args(&[&base[..], extra].concat()).resolve().unwrap_err();
+        assert!(e(&["--wal-segment-bytes", "10"]).contains("at least 4096"));
+        assert!(e(&["--snapshot-chunk-bytes", "0"]).contains("between 1"));
+        assert!(e(&["--snapshot-chunk-timeout-ms", "0"]).contains("between 1"));
     }
 
     #[test]

@@ -2,8 +2,10 @@
 //! Raft. See README.md for the tour and DESIGN notes for the contract.
 //!
 //! * `raft` — the consensus rules, pure (no IO, no clock, no randomness).
+//! * `state_machine` — what consensus replicates: apply, snapshot, restore.
 //! * `kv` — the key-value state machine, pure.
-//! * `codec`, `wal` — binary formats of peer messages and the write-ahead log.
+//! * `codec`, `wal`, `snapshot` — binary formats of peer messages, the
+//!   write-ahead log and snapshot files; `recovery` — start-up from them.
 //! * `actors` (in `actors/`) — the actix actors that do the IO around them.
 //! * `http` — the actix-web front door: client API, operations, Raft RPCs.
 //! * `config`, `logging`, `metrics` — settings, per-actor logs, Prometheus.
@@ -18,6 +20,9 @@ pub mod kv;
 pub mod logging;
 pub mod metrics;
 pub mod raft;
+pub mod recovery;
+pub mod snapshot;
+pub mod state_machine;
 pub mod wal;
 
 #[path = "../actors/mod.rs"]

@@ -25,6 +25,7 @@ pub const TARGETS: &[&str] = &[
     "raftkv::consensus",
     "raftkv::replication",
     "raftkv::storage",
+    "raftkv::snapshot",
     "raftkv::state_machine",
     "raftkv::http",
 ];

@@ -1,4 +1,4 @@
-//! The `raftkv` node binary: settings, logging, WAL recovery, then the
+//! The `raftkv` node binary: settings, logging, recovery (snapshot + WAL), then the
 //! actors and the HTTP server on one actix system.
 
 use std::process::ExitCode;
@@ -7,7 +7,7 @@ use std::sync::Arc;
 use clap::Parser;
 use raftkv::config::Args;
 use raftkv::metrics::Metrics;
-use raftkv::{actors, http, logging, wal};
+use raftkv::{actors, http, logging, recovery};
 
 fn main() -> ExitCode {
     let settings = match Args::parse().resolve() {
@@ -30,7 +30,7 @@ fn main() -> ExitCode {
         log::logger().flush();
         std::process::exit(101);
     }));
-    let (recovered, writer) = match wal::open(&settings.data_dir) {
+    let recovered = match recovery::recover(&settings.data_dir, settings.wal_segment_bytes) {
         Ok(r) => r,
         Err(e) => {
             log::error!(target: "raftkv::storage", "{e}");
@@ -38,20 +38,6 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    if let Some(s) = &recovered.snapshot {
-        // Written only by a node that installs snapshots from its leader,
-        // which this build does not do yet (issue 10): never guess.
-        let e = format!(
-            "the write-ahead log in {} records a snapshot installed at index {} (term {}), which this build \
-             cannot restore; run the raftkv release that wrote it",
-            settings.data_dir.display(),
-            s.index,
-            s.term
-        );
-        log::error!(target: "raftkv::storage", "{e}");
-        eprintln!("raftkv: error: {e}");
-        return ExitCode::from(1);
-    }
     log::info!(
         target: "raftkv::consensus",
         "node {} listening on {} with peers {:?}, data in {}",
@@ -62,7 +48,8 @@ fn main() -> ExitCode {
     );
     let metrics = Arc::new(Metrics::new(settings.id, settings.peers.keys().copied()));
     let result = actix_web::rt::System::new().block_on(async move {
-        let node = actors::spawn_node(&settings, recovered, writer, metrics.clone());
+        let r = recovered;
+        let node = actors::spawn_node(&settings, r.boot, r.store, r.snapshots, r.wal, metrics.clone());
         http::serve(settings, node, metrics).await
     });
     match result {

@@ -65,6 +65,7 @@ impl Histogram {
 
 const SECONDS: &[f64] =
     &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
+const SNAPSHOT_SECONDS: &[f64] = &[0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
 const BATCH: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0];
 
 /// Per-peer series, owned by that peer's replicator (requests) and by the
@@ -108,6 +109,25 @@ pub struct Metrics {
     pub fsync_seconds: Histogram,
     pub batch_entries: Histogram,
     pub wal_bytes: AtomicU64,
+    pub wal_disk_bytes: AtomicU64,
+    pub wal_segments: AtomicU64,
+    // log compaction and snapshots (consensus)
+    pub log_first_index: AtomicU64,
+    pub log_entries_memory: AtomicU64,
+    pub log_bytes_memory: AtomicU64,
+    pub snapshot_index: AtomicU64,
+    pub snapshot_term: AtomicU64,
+    pub snapshot_last_bytes: AtomicU64,
+    /// Microseconds the last snapshot took to write.
+    pub snapshot_last_micros: AtomicU64,
+    pub snapshot_disk_bytes: AtomicU64,
+    pub snapshots_taken: AtomicU64,
+    pub snapshots_failed: AtomicU64,
+    pub snapshot_seconds: Histogram,
+    // snapshot transfers (replicators, receiving side in http)
+    pub snapshots_sent: AtomicU64,
+    pub snapshots_send_failed: AtomicU64,
+    pub snapshots_received: AtomicU64,
     // http
     http: Mutex<BTreeMap<(&'static str, &'static str, u16), Histogram>>,
 }
@@ -145,6 +165,22 @@ impl Metrics {
             fsync_seconds: Histogram::new(SECONDS),
             batch_entries: Histogram::new(BATCH),
             wal_bytes: AtomicU64::new(0),
+            wal_disk_bytes: AtomicU64::new(0),
+            wal_segments: AtomicU64::new(0),
+            log_first_index: AtomicU64::new(1),
+            log_entries_memory: AtomicU64::new(0),
+            log_bytes_memory: AtomicU64::new(0),
+            snapshot_index: AtomicU64::new(0),
+            snapshot_term: AtomicU64::new(0),
+            snapshot_last_bytes: AtomicU64::new(0),
+            snapshot_last_micros: AtomicU64::new(0),
+            snapshot_disk_bytes: AtomicU64::new(0),
+            snapshots_taken: AtomicU64::new(0),
+            snapshots_failed: AtomicU64::new(0),
+            snapshot_seconds: Histogram::new(SNAPSHOT_SECONDS),
+            snapshots_sent: AtomicU64::new(0),
+            snapshots_send_failed: AtomicU64::new(0),
+            snapshots_received: AtomicU64::new(0),
             http: Mutex::new(BTreeMap::new()),
         }
     }
@@ -236,6 +272,60 @@ impl Metrics {
             self.pending_reads.load(Relaxed),
         );
         c(&mut o, "raftkv_wal_bytes_total", "Bytes appended to the write-ahead log.", self.wal_bytes.load(Relaxed));
+        let gauges: [(&str, &str, &AtomicU64); 9] = [
+            ("raftkv_wal_disk_bytes", "Bytes of write-ahead log segments on disk.", &self.wal_disk_bytes),
+            ("raftkv_wal_segments", "Write-ahead log segment files on disk.", &self.wal_segments),
+            (
+                "raftkv_log_first_index",
+                "First log index held in memory (earlier ones are in the snapshot).",
+                &self.log_first_index,
+            ),
+            ("raftkv_log_entries_in_memory", "Log entries held in memory.", &self.log_entries_memory),
+            (
+                "raftkv_log_bytes_in_memory",
+                "Approximate bytes of the log entries held in memory.",
+                &self.log_bytes_memory,
+            ),
+            ("raftkv_snapshot_index", "Log index of the latest snapshot (0: none).", &self.snapshot_index),
+            ("raftkv_snapshot_term", "Term of the latest snapshot.", &self.snapshot_term),
+            (
+                "raftkv_snapshot_last_bytes",
+                "Size of the last snapshot file this node wrote.",
+                &self.snapshot_last_bytes,
+            ),
+            ("raftkv_snapshot_disk_bytes", "Bytes of snapshot files on disk.", &self.snapshot_disk_bytes),
+        ];
+        for (name, help, v) in gauges {
+            g(&mut o, name, help, v.load(Relaxed));
+        }
+        let _ = writeln!(
+            o,
+            "# HELP raftkv_snapshot_last_duration_seconds Time the last snapshot took to write.\n# TYPE raftkv_snapshot_last_duration_seconds gauge\nraftkv_snapshot_last_duration_seconds {}",
+            self.snapshot_last_micros.load(Relaxed) as f64 / 1e6
+        );
+        let counters: [(&str, &str, &AtomicU64); 5] = [
+            ("raftkv_snapshots_taken_total", "Snapshots this node wrote of its own state.", &self.snapshots_taken),
+            ("raftkv_snapshots_failed_total", "Snapshots this node failed to write.", &self.snapshots_failed),
+            ("raftkv_snapshots_sent_total", "Snapshots streamed to followers completely.", &self.snapshots_sent),
+            (
+                "raftkv_snapshots_send_failed_total",
+                "Snapshot transfers to followers that failed.",
+                &self.snapshots_send_failed,
+            ),
+            (
+                "raftkv_snapshots_received_total",
+                "Snapshots received from a leader and verified.",
+                &self.snapshots_received,
+            ),
+        ];
+        for (name, help, v) in counters {
+            c(&mut o, name, help, v.load(Relaxed));
+        }
+        let _ = writeln!(
+            o,
+            "# HELP raftkv_snapshot_duration_seconds Time to write one snapshot file.\n# TYPE raftkv_snapshot_duration_seconds histogram"
+        );
+        self.snapshot_seconds.render(&mut o, "raftkv_snapshot_duration_seconds", "");
 
         type Field = fn(&PeerMetrics) -> &AtomicU64;
         let per_peer: [(&str, &str, &str, Field); 8] = [

@@ -90,6 +90,12 @@ enum Cmd {
     },
     /// Role, term, indexes and lag of every endpoint.
     Status,
+    /// Take a snapshot now on every endpoint (or --node only): each node
+    /// writes its state to a snapshot file and compacts its log.
+    Snapshot {
+        #[arg(long)]
+        node: Option<String>,
+    },
     /// Show or change the per-actor log filter of the nodes.
     Log {
         #[command(subcommand)]
@@ -235,6 +241,7 @@ impl Ctl {
                 Ok(self.items(&v, &items))
             }
             Cmd::Status => self.status(),
+            Cmd::Snapshot { node } => self.snapshot(node.as_deref()),
             Cmd::Log { action: LogCmd::Get } => self.log(None, None),
             Cmd::Log { action: LogCmd::Set { filter, node } } => self.log(Some(filter), node.as_deref()),
         }
@@ -290,16 +297,11 @@ impl Ctl {
         let rows: Vec<Vec<String>> = statuses
             .iter()
             .map(|(ep, s)| match s {
-                None => vec![
-                    "?".into(),
-                    ep.clone(),
-                    "unreachable".into(),
-                    "".into(),
-                    "".into(),
-                    "".into(),
-                    "".into(),
-                    "".into(),
-                ],
+                None => {
+                    let mut row = vec!["?".into(), ep.clone(), "unreachable".into()];
+                    row.resize(9, String::new());
+                    row
+                }
                 Some(s) => {
                     let applied = s["applied_index"].as_u64().unwrap_or(0);
                     vec![
@@ -311,11 +313,55 @@ impl Ctl {
                         s["commit_index"].to_string(),
                         applied.to_string(),
                         leader_last.map_or("-".into(), |l| l.saturating_sub(applied).to_string()),
+                        s["log"]["snapshot_index"].to_string(),
                     ]
                 }
             })
             .collect();
-        Ok(table(&["NODE", "ADDRESS", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED", "LAG"], &rows))
+        Ok(table(&["NODE", "ADDRESS", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED", "LAG", "SNAPSHOT"], &rows))
+    }
+
+    fn snapshot(&self, only: Option<&str>) -> Result<String, Failure> {
+        let targets: Vec<&String> = self.endpoints.iter().filter(|e| only.is_none_or(|n| n == e.as_str())).collect();
+        if targets.is_empty() {
+            return Err(Failure::new(2, format!("--node {} is not one of the endpoints", only.unwrap_or(""))));
+        }
+        let (mut rows, mut all, mut failed) = (Vec::new(), Vec::new(), None);
+        for ep in targets {
+            match self.http.request(ep, "POST", "/admin/snapshot", None) {
+                Ok(r) if r.status == 200 => {
+                    let v = r.json();
+                    rows.push(vec![
+                        ep.clone(),
+                        v["index"].to_string(),
+                        v["term"].to_string(),
+                        v["bytes"].to_string(),
+                        format!("{:.1}", v["duration_ms"].as_f64().unwrap_or(0.0)),
+                        v["path"].as_str().unwrap_or("").to_string(),
+                    ]);
+                    all.push(json!({"endpoint": ep, "snapshot": v}));
+                }
+                Ok(r) => {
+                    let f = failure_of(&r);
+                    rows.push(vec![ep.clone(), format!("error: {}", f.message)]);
+                    all.push(json!({"endpoint": ep, "error": f.message.clone()}));
+                    failed.get_or_insert(f);
+                }
+                Err(e) => {
+                    rows.push(vec![ep.clone(), format!("error: {e}")]);
+                    all.push(json!({"endpoint": ep, "error": e.to_string()}));
+                    failed.get_or_insert(Failure::new(5, format!("{ep}: {e}")));
+                }
+            }
+        }
+        let out = match self.output {
+            Output::Json => Value::Array(all).to_string(),
+            Output::Table => table(&["NODE", "INDEX", "TERM", "BYTES", "MS", "FILE"], &rows),
+        };
+        match failed {
+            Some(f) => Err(Failure::new(f.code, format!("{out}\n{}", f.message))),
+            None => Ok(out),
+        }
     }
 
     fn log(&self, set: Option<&String>, only: Option<&str>) -> Result<String, Failure> {

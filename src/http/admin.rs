@@ -1,4 +1,5 @@
-//! Operations endpoints: `/health`, `/ready`, `/status`, `/metrics`, `/admin/log`.
+//! Operations endpoints: `/health`, `/ready`, `/status`, `/metrics`,
+//! `/admin/log`, `POST /admin/snapshot`.
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -7,8 +8,7 @@ use serde_json::{Value, json};
 use super::AppState;
 use super::client_api::read_body;
 use super::errors::ApiError;
-use crate::actors::consensus::{GetStatus, Status};
-use crate::actors::state_machine::GetApplied;
+use crate::actors::messages::{GetApplied, GetStatus, Status, TakeSnapshotNow};
 use crate::logging;
 
 async fn status_of(state: &AppState) -> Result<(Status, u64), ApiError> {
@@ -51,6 +51,22 @@ pub async fn status(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
     let mut v = serde_json::to_value(&s).map_err(|e| ApiError::internal(e.to_string()))?;
     v["applied_index"] = json!(applied);
     Ok(HttpResponse::Ok().json(v))
+}
+
+/// Takes a snapshot of everything this node has applied and compacts its
+/// log; answers once the snapshot file is durable.
+pub async fn take_snapshot(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let down = |_| ApiError::no_leader("the node is shutting down");
+    state.node.consensus.send(TakeSnapshotNow { reply: tx }).await.map_err(down)?;
+    match rx.await {
+        Ok(Ok(info)) => Ok(HttpResponse::Ok().json(info)),
+        Ok(Err(e)) if e.starts_with("nothing to snapshot") => {
+            Err(ApiError::new(StatusCode::CONFLICT, "nothing_to_snapshot", e))
+        }
+        Ok(Err(e)) => Err(ApiError::internal(format!("the snapshot could not be written: {e}"))),
+        Err(_) => Err(ApiError::no_leader("the node is shutting down")),
+    }
 }
 
 /// Prometheus text format.

@@ -16,8 +16,8 @@ use tokio::sync::oneshot;
 
 use super::errors::ApiError;
 use super::{AppState, Forwarder};
-use crate::actors::consensus::{ClientRead, ClientWrite, ConsensusActor};
-use crate::actors::state_machine::LocalRead;
+use crate::actors::consensus::ConsensusActor;
+use crate::actors::messages::{ClientRead, ClientWrite, LocalRead};
 use crate::actors::{ClientError, ClientOutcome, ClientReply, ClientResult};
 use crate::kv::{Command, CommandResult, Condition, Item, Query, QueryResult};
 use crate::raft::NodeId;
@@ -450,7 +450,7 @@ async fn write(
     body: Bytes,
     command: Command,
 ) -> Result<HttpResponse, ApiError> {
-    match submit(state, fwd, req, body, |reply| ClientWrite { command, reply }).await? {
+    match submit(state, fwd, req, body, |reply| ClientWrite { command: command.encode(), reply }).await? {
         Reply::Forwarded(r) => Ok(r),
         Reply::Done(ClientOutcome::Write(result)) => Ok(write_response(result)),
         Reply::Done(other) => Err(ApiError::internal(format!("unexpected answer to a write: {other:?}"))),

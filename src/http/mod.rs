@@ -5,8 +5,9 @@
 //!
 //! Routes, grouped:
 //! * client API (`client_api.rs`): `/kv/{key}`, `/kv?prefix=`
-//! * operations (`admin.rs`): `/health`, `/ready`, `/status`, `/metrics`, `/admin/log`
-//! * Raft internal (`raft_rpc.rs`): `/raft/request_vote`, `/raft/append_entries`, `/raft/heartbeat`
+//! * operations (`admin.rs`): `/health`, `/ready`, `/status`, `/metrics`, `/admin/log`, `/admin/snapshot`
+//! * Raft internal (`raft_rpc.rs`): `/raft/request_vote`, `/raft/append_entries`, `/raft/heartbeat`,
+//!   `/raft/install_snapshot` (chunks of a snapshot file)
 //!
 //! Slow clients: a body must arrive within `--request-read-timeout-ms` of
 //! its head (`client_api::read_body`, 408), actix times the first head and
@@ -108,6 +109,8 @@ fn route_name(req: &HttpRequest) -> &'static str {
         Some("/status") => "/status",
         Some("/metrics") => "/metrics",
         Some("/admin/log") => "/admin/log",
+        Some("/admin/snapshot") => "/admin/snapshot",
+        Some("/raft/install_snapshot") => "/raft/install_snapshot",
         Some("/raft/request_vote") => "/raft/request_vote",
         Some("/raft/append_entries") => "/raft/append_entries",
         Some("/raft/heartbeat") => "/raft/heartbeat",
@@ -159,6 +162,16 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         web::resource("/admin/log")
             .route(web::get().to(admin::get_log))
             .route(web::put().to(admin::put_log))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/admin/snapshot")
+            .route(web::post().to(admin::take_snapshot))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/raft/install_snapshot")
+            .route(web::post().to(raft_rpc::install_snapshot))
             .default_service(web::to(method_not_allowed)),
     );
     for kind in ["request_vote", "append_entries", "heartbeat"] {

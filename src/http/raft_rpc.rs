@@ -1,17 +1,29 @@
 //! Raft RPCs between peers: `POST /raft/request_vote`, `/raft/append_entries`,
-//! `/raft/heartbeat`. Bodies are the binary encoding of `codec.rs`; the
-//! response body is the core's answer, sent once the state it reflects is
-//! durable. Internal: peers use these, clients do not.
+//! `/raft/heartbeat`, `/raft/install_snapshot`. Bodies are the binary
+//! encoding of `codec.rs`; the response body is the core's answer, sent
+//! once the state it reflects is durable. Internal: peers use these,
+//! clients do not.
+//!
+//! `/raft/install_snapshot` carries one chunk of a snapshot file per
+//! request (`codec::SnapshotChunk`). The snapshotter stages the chunks;
+//! only when the last one has made the file complete, verified and durable
+//! does the core see the InstallSnapshot message, and its answer is the
+//! response to that last chunk. Earlier chunks are answered with an empty
+//! 200.
 
+use std::sync::atomic::Ordering::Relaxed;
+
+use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use tokio::sync::oneshot;
 
 use super::AppState;
 use super::client_api::read_body;
 use super::errors::ApiError;
-use crate::actors::consensus::InboundRpc;
-use crate::codec::{decode_message, encode_message};
-use crate::raft::MessageKind;
+use crate::actors::messages::{InboundRpc, ReceiveChunk};
+use crate::codec::{decode_message, decode_snapshot_chunk, encode_message};
+use crate::config::MAX_SNAPSHOT_CHUNK;
+use crate::raft::{Body, Message, MessageKind};
 
 pub async fn handle(
     req: HttpRequest,
@@ -33,6 +45,11 @@ pub async fn handle(
             format!("a {} message does not belong on {}", msg.body.kind().as_str(), req.path()),
         ));
     }
+    check_peer(&msg, &state)?;
+    step(msg, &state).await
+}
+
+fn check_peer(msg: &Message, state: &AppState) -> Result<(), ApiError> {
     if msg.to != state.settings.id {
         return Err(ApiError::bad_request(
             "wrong_node",
@@ -42,6 +59,11 @@ pub async fn handle(
     if msg.from == state.settings.id || !state.settings.peers.contains_key(&msg.from) {
         return Err(ApiError::bad_request("unknown_peer", format!("node {} is not a peer of this node", msg.from)));
     }
+    Ok(())
+}
+
+/// Hands `msg` to the consensus core and answers with the core's response.
+async fn step(msg: Message, state: &AppState) -> Result<HttpResponse, ApiError> {
     let (tx, rx) = oneshot::channel();
     state
         .node
@@ -53,4 +75,42 @@ pub async fn handle(
         Ok(Ok(resp)) => Ok(HttpResponse::Ok().content_type("application/octet-stream").body(encode_message(&resp))),
         _ => Err(ApiError::timeout("no answer from the consensus core in time")),
     }
+}
+
+/// One chunk of a snapshot file from the leader.
+pub async fn install_snapshot(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    // The sender's chunk size is its own setting: accept up to the largest allowed.
+    let body = read_body(&req, payload, MAX_SNAPSHOT_CHUNK + (64 << 10), state.settings.request_read_timeout).await?;
+    let chunk = decode_snapshot_chunk(body)
+        .map_err(|e| ApiError::bad_request("invalid_message", format!("bad snapshot chunk: {e}")))?;
+    let Body::InstallSnapshot { meta } = &chunk.msg.body else {
+        return Err(ApiError::bad_request(
+            "invalid_message",
+            format!("a {} message does not belong on {}", chunk.msg.body.kind().as_str(), req.path()),
+        ));
+    };
+    check_peer(&chunk.msg, &state)?;
+    let receive = ReceiveChunk {
+        from: chunk.msg.from,
+        meta: meta.clone(),
+        offset: chunk.offset,
+        total: chunk.total,
+        data: chunk.data,
+    };
+    let complete = state
+        .node
+        .snapshotter
+        .send(receive)
+        .await
+        .map_err(|_| ApiError::no_leader("the node is shutting down"))?
+        .map_err(|e| ApiError::new(StatusCode::CONFLICT, "snapshot_transfer_failed", e))?;
+    if !complete {
+        return Ok(HttpResponse::Ok().finish());
+    }
+    state.node.metrics.snapshots_received.fetch_add(1, Relaxed);
+    step(chunk.msg, &state).await
 }

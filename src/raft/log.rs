@@ -22,6 +22,12 @@ pub struct RaftLog {
     /// Highest log entry known to be committed.
     /// Invariant: `commit_index <= last_index()`; never decreases.
     commit_index: Index,
+    /// Sum of `size_hint` over `entries` (what the log holds in memory).
+    bytes: usize,
+}
+
+fn size_of(entries: &[Entry]) -> usize {
+    entries.iter().map(Entry::size_hint).sum()
 }
 
 impl RaftLog {
@@ -30,7 +36,8 @@ impl RaftLog {
         for (k, e) in entries.iter().enumerate() {
             assert_eq!(e.index, k as Index + 1, "log entries must be contiguous from 1");
         }
-        RaftLog { entries, offset: 0, offset_term: 0, commit_index: 0 }
+        let bytes = size_of(&entries);
+        RaftLog { entries, offset: 0, offset_term: 0, commit_index: 0, bytes }
     }
 
     /// A log that starts after a snapshot ending at (`index`, `term`):
@@ -39,7 +46,8 @@ impl RaftLog {
         for (k, e) in entries.iter().enumerate() {
             assert_eq!(e.index, index + 1 + k as Index, "log entries must be contiguous after the snapshot");
         }
-        RaftLog { entries, offset: index, offset_term: term, commit_index: index }
+        let bytes = size_of(&entries);
+        RaftLog { entries, offset: index, offset_term: term, commit_index: index, bytes }
     }
 
     /// The index just before the first entry held (the compaction point).
@@ -55,7 +63,9 @@ impl RaftLog {
         }
         assert!(index <= self.commit_index, "compaction to {index} beyond the commit index {}", self.commit_index);
         let term = self.term(index).expect("index within the log");
-        self.entries.drain(..(index - self.offset) as usize);
+        let n = (index - self.offset) as usize;
+        self.bytes -= size_of(&self.entries[..n]);
+        self.entries.drain(..n);
         self.offset = index;
         self.offset_term = term;
     }
@@ -64,6 +74,7 @@ impl RaftLog {
     /// which the cluster committed.
     pub fn restore(&mut self, index: Index, term: Term) {
         self.entries.clear();
+        self.bytes = 0;
         self.offset = index;
         self.offset_term = term;
         self.commit_index = index;
@@ -71,6 +82,11 @@ impl RaftLog {
 
     pub fn len(&self) -> usize {
         self.entries.len()
+    }
+
+    /// Approximate bytes the entries held in memory take.
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     pub fn is_empty(&self) -> bool {
@@ -143,6 +159,7 @@ impl RaftLog {
     /// Appends one entry at `last_index() + 1`.
     pub fn push(&mut self, entry: Entry) {
         assert_eq!(entry.index, self.last_index() + 1, "log append must be contiguous");
+        self.bytes += entry.size_hint();
         self.entries.push(entry);
     }
 
@@ -155,7 +172,9 @@ impl RaftLog {
             self.commit_index
         );
         if index <= self.last_index() {
-            self.entries.truncate((index - self.offset - 1) as usize);
+            let keep = (index - self.offset - 1) as usize;
+            self.bytes -= size_of(&self.entries[keep..]);
+            self.entries.truncate(keep);
         }
     }
 

@@ -25,7 +25,9 @@ fn config(nodes: u64, seed: u64, faults: Vec<Fault>, secs: u64) -> ChaosConfig {
         out_dir: out,
         planted_bug: None,
         check_budget: Duration::from_secs(60),
-        extra_node_args: vec![],
+        // A snapshot every 100 entries: nodes that were down or cut off
+        // catch up through InstallSnapshot while the faults go on.
+        extra_node_args: raftkv_tools::chaos::snapshot_args(100),
         lease_reads: false,
     }
 }
@@ -35,6 +37,7 @@ fn expect_pass(cfg: ChaosConfig) {
     eprintln!("{}", report.summary);
     assert!(report.pass, "chaos run failed:\n{}", report.summary);
     assert!(report.ops > 1000, "too few operations to mean anything: {}", report.ops);
+    assert!(report.snapshots.0 > 0, "no snapshot was taken: {}", report.summary);
     let _ = std::fs::remove_dir_all(&cfg.out_dir);
 }
 
@@ -52,7 +55,7 @@ fn five_nodes_under_every_fault_stay_linearizable() {
     let seed = 2000 + u64::from(std::process::id() % 1000);
     let mut cfg = config(5, seed, Fault::ALL.to_vec(), secs());
     // Pipelined replication is off by default; keep it under fire here.
-    cfg.extra_node_args = vec!["--max-inflight".into(), "4".into()];
+    cfg.extra_node_args.extend(["--max-inflight".into(), "4".into()]);
     expect_pass(cfg);
 }
 

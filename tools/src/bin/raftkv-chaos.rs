@@ -5,6 +5,8 @@
 //! raftkv-chaos --time 120 --nodes 5 --faults all --seed 7
 //! raftkv-chaos --faults partitions --unsafe-planted-bug local-reads   # must FAIL
 //! ```
+//! Nodes snapshot every 100 entries by default (`--snapshot-every`), so
+//! InstallSnapshot is under fire too.
 //! Needs root for iptables (partition faults). Exit code 0 on PASS, 1 on FAIL.
 
 use std::path::PathBuf;
@@ -48,6 +50,14 @@ struct Args {
     /// The raftkv binary (default: next to this one).
     #[arg(long)]
     binary: Option<PathBuf>,
+    /// Take a snapshot (and compact the log, keeping 20 entries) every this
+    /// many entries, so restarted and partitioned nodes catch up through
+    /// InstallSnapshot; 0: the node's default policy.
+    #[arg(long, default_value_t = 100)]
+    snapshot_every: u64,
+    /// More flags for every node, e.g. --node-arg=--max-inflight --node-arg=4.
+    #[arg(long = "node-arg", allow_hyphen_values = true)]
+    node_args: Vec<String>,
     /// Make half of the reads lease reads (`?consistency=lease`).
     #[arg(long)]
     lease_reads: bool,
@@ -84,7 +94,10 @@ fn main() -> ExitCode {
             out_dir: a.out.join(format!("{stamp}-n{}-seed{seed}", a.nodes)),
             planted_bug: a.unsafe_planted_bug,
             check_budget: Duration::from_secs(a.check_budget),
-            extra_node_args: vec![],
+            extra_node_args: raftkv_tools::chaos::snapshot_args(a.snapshot_every)
+                .into_iter()
+                .chain(a.node_args.iter().cloned())
+                .collect(),
             lease_reads: a.lease_reads,
         };
         eprintln!(

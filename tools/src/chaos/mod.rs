@@ -13,3 +13,15 @@ pub mod cluster;
 pub mod run;
 
 pub use run::{ChaosConfig, Fault, PlantedBug, Report, parse_faults, run};
+
+/// Node flags for a snapshot every `every` entries, keeping a tail of 20 and
+/// small WAL segments so purging runs too; none for 0 (the node's defaults).
+pub fn snapshot_args(every: u64) -> Vec<String> {
+    if every == 0 {
+        return Vec::new();
+    }
+    ["--snapshot-entries", &every.to_string(), "--snapshot-keep-entries", "20", "--wal-segment-bytes", "16384"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+}

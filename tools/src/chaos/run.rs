@@ -188,6 +188,16 @@ pub struct Report {
     pub summary: String,
     pub verdicts: BTreeMap<String, Verdict>,
     pub ops: usize,
+    /// Snapshot activity in the node logs: (taken, sent, installed).
+    pub snapshots: (usize, usize, usize),
+}
+
+/// Counts snapshot lines in the node logs of a run: taken, sent, installed.
+fn snapshot_activity(dir: &std::path::Path, nodes: u64) -> (usize, usize, usize) {
+    let logs: Vec<String> =
+        (1..=nodes).map(|id| fs::read_to_string(dir.join(format!("node{id}.log"))).unwrap_or_default()).collect();
+    let count = |pat: &str| logs.iter().map(|l| l.matches(pat).count()).sum();
+    (count(" took snapshot at "), count(": snapshot sent: "), count(" installs snapshot at "))
 }
 
 static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
@@ -635,6 +645,12 @@ pub fn run(cfg: &ChaosConfig) -> Result<Report, String> {
         "final reads after healing: {}",
         if final_reads_ok { "every key read from every node" } else { "FAILED" }
     );
+    let snapshots = snapshot_activity(&cfg.out_dir, cfg.nodes);
+    let _ = writeln!(
+        s,
+        "snapshots: {} taken, {} streamed to followers, {} installed by followers",
+        snapshots.0, snapshots.1, snapshots.2
+    );
     let mut pass = final_reads_ok && unexpected == 0;
     if unexpected > 0 {
         let _ =
@@ -660,5 +676,5 @@ pub fn run(cfg: &ChaosConfig) -> Result<Report, String> {
     let _ = writeln!(s, "verdict: {}", if pass { "PASS" } else { "FAIL" });
     let _ = writeln!(s, "history, faults and node logs: {}", cfg.out_dir.display());
     fs::write(cfg.out_dir.join("summary.txt"), &s).map_err(|e| e.to_string())?;
-    Ok(Report { dir: cfg.out_dir.clone(), pass, summary: s, verdicts, ops: history.len() })
+    Ok(Report { dir: cfg.out_dir.clone(), pass, summary: s, verdicts, ops: history.len(), snapshots })
 }
