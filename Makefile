@@ -85,9 +85,18 @@ chaos: build
 	@scripts/install-deps.sh test
 	target/release/raftkv-chaos $(CHAOS_ARGS)
 
-# raftkv vs etcd (Debian etcd-server) on this machine with wrk; appends the
-# results to BENCHMARKS.md. BENCH_QUICK=1 for a short run.
-.PHONY: bench
+# raftkv vs etcd (Debian etcd-server) on this machine with wrk, then the
+# soak (SOAK_MINUTES of PUT load: RSS and disk over time); both append their
+# results to BENCHMARKS.md. BENCH_QUICK=1 for a short raftkv-bench run.
+# `make soak` runs the soak alone; raftkv-soak also has `restart` and
+# `catchup` (see tools/src/bin/raftkv-soak.rs).
+SOAK_MINUTES ?= 20
+.PHONY: bench soak
 bench: build
 	@scripts/install-deps.sh bench
 	target/release/raftkv-bench
+	target/release/raftkv-soak soak --minutes $(SOAK_MINUTES)
+
+soak: build
+	@scripts/install-deps.sh bench
+	target/release/raftkv-soak soak --minutes $(SOAK_MINUTES)
