@@ -55,7 +55,7 @@ pub fn recover(data_dir: &Path, segment_bytes: u64) -> Result<Recovered, String>
                 snapshots.path().display()
             ));
         }
-        let boot = Boot { hard_state: rec.hard_state, snapshot: None, entries: rec.entries };
+        let boot = Boot { hard_state: rec.hard_state, snapshot: None, snapshot_bytes: 0, entries: rec.entries };
         return Ok(Recovered { boot, store: KvStore::new(), snapshots, wal: writer });
     };
     let meta = snap.meta.clone();
@@ -92,6 +92,7 @@ pub fn recover(data_dir: &Path, segment_bytes: u64) -> Result<Recovered, String>
         after.entries.len(),
         started.elapsed()
     );
-    let boot = Boot { hard_state: rec.hard_state, snapshot: Some(meta), entries: after.entries };
+    let snapshot_bytes = snap.file_bytes;
+    let boot = Boot { hard_state: rec.hard_state, snapshot: Some(meta), snapshot_bytes, entries: after.entries };
     Ok(Recovered { boot, store, snapshots, wal: writer })
 }

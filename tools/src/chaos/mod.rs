@@ -20,8 +20,16 @@ pub fn snapshot_args(every: u64) -> Vec<String> {
     if every == 0 {
         return Vec::new();
     }
-    ["--snapshot-entries", &every.to_string(), "--snapshot-keep-entries", "20", "--wal-segment-bytes", "16384"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
+    let every = every.to_string();
+    let flags = [
+        "--snapshot-entries",
+        &every,
+        "--snapshot-log-ratio",
+        "0",
+        "--snapshot-keep-entries",
+        "20",
+        "--wal-segment-bytes",
+        "16384",
+    ];
+    flags.iter().map(|s| s.to_string()).collect()
 }
