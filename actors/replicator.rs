@@ -39,6 +39,8 @@ pub struct Replicator {
     chunk_timeout: Duration,
     /// A snapshot is being streamed to the peer.
     transferring: bool,
+    /// `Authorization` header value with the cluster secret, if any.
+    auth: Option<String>,
     consensus: Recipient<PeerEvent>,
     metrics: Arc<Metrics>,
     target: String,
@@ -67,6 +69,7 @@ impl Replicator {
             chunk_bytes: settings.snapshot_chunk_bytes,
             chunk_timeout: settings.snapshot_chunk_timeout,
             transferring: false,
+            auth: settings.cluster_secret.as_ref().map(|s| s.header_value()),
             consensus,
             metrics,
             target: replication_target(peer),
@@ -152,12 +155,17 @@ impl Replicator {
 
 impl Replicator {
     fn client(&mut self) -> &awc::Client {
+        let auth = self.auth.clone();
         self.client.get_or_insert_with(|| {
-            awc::Client::builder()
+            let b = awc::Client::builder()
                 .connector(awc::Connector::new().local_address(self.local))
                 .timeout(self.timeout)
-                .disable_redirects()
-                .finish()
+                .disable_redirects();
+            match auth {
+                Some(v) => b.add_default_header(("authorization", v)),
+                None => b,
+            }
+            .finish()
         })
     }
 

@@ -56,21 +56,39 @@ impl std::fmt::Display for ClientError {
 
 impl std::error::Error for ClientError {}
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct HttpClient {
     pub connect_timeout: Duration,
     pub timeout: Duration,
+    /// Sent as `Authorization: Bearer <token>` when set.
+    token: Option<String>,
+}
+
+impl std::fmt::Debug for HttpClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpClient")
+            .field("connect_timeout", &self.connect_timeout)
+            .field("timeout", &self.timeout)
+            .field("token", &self.token.as_ref().map(|_| "<hidden>"))
+            .finish()
+    }
 }
 
 impl Default for HttpClient {
     fn default() -> Self {
-        HttpClient { connect_timeout: Duration::from_secs(2), timeout: Duration::from_secs(10) }
+        HttpClient::new(Duration::from_secs(10))
     }
 }
 
 impl HttpClient {
     pub fn new(timeout: Duration) -> Self {
-        HttpClient { connect_timeout: timeout.min(Duration::from_secs(2)), timeout }
+        HttpClient { connect_timeout: timeout.min(Duration::from_secs(2)), timeout, token: None }
+    }
+
+    /// The same client, sending `token` with every request.
+    pub fn with_token(mut self, token: Option<String>) -> Self {
+        self.token = token.filter(|t| !t.is_empty());
+        self
     }
 
     pub fn get(&self, addr: &str, path: &str) -> Result<Response, ClientError> {
@@ -103,6 +121,9 @@ impl HttpClient {
         );
         if !body.is_empty() {
             head.push_str("Content-Type: application/json\r\n");
+        }
+        if let Some(t) = &self.token {
+            head.push_str(&format!("Authorization: Bearer {t}\r\n"));
         }
         head.push_str("\r\n");
         let mut req = head.into_bytes();

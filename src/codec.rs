@@ -76,6 +76,11 @@ impl Reader {
         String::from_utf8(b.to_vec()).map_err(|_| DecodeError(format!("{what} is not UTF-8")))
     }
 
+    /// Bytes not read yet.
+    pub fn remaining(&self) -> usize {
+        self.buf.len()
+    }
+
     pub fn is_empty(&self) -> bool {
         !self.buf.has_remaining()
     }
@@ -136,6 +141,8 @@ const K_HEARTBEAT: u8 = 5;
 const K_HEARTBEAT_RESPONSE: u8 = 6;
 const K_INSTALL_SNAPSHOT: u8 = 7;
 const K_INSTALL_SNAPSHOT_RESPONSE: u8 = 8;
+/// The smallest encoded entry: index, term, kind.
+const MIN_ENTRY_BYTES: usize = 8 + 8 + 1;
 /// More voters than this in a snapshot's metadata is not a real cluster.
 const MAX_VOTERS: u32 = 1024;
 
@@ -253,7 +260,8 @@ pub fn decode_message(buf: Bytes) -> Result<Message, DecodeError> {
             let leader_commit = r.u64("leader_commit")?;
             let ctx = r.u64("ctx")?;
             let n = r.u32("entry count")? as usize;
-            let mut entries = Vec::with_capacity(n.min(65_536));
+            // The count is untrusted: reserve only what the bytes left could hold.
+            let mut entries = Vec::with_capacity(n.min(r.remaining() / MIN_ENTRY_BYTES));
             for k in 0..n {
                 let e = get_entry(&mut r)?;
                 if e.index != prev_log_index + 1 + k as u64 {

@@ -10,6 +10,7 @@ use std::time::Duration;
 use clap::Parser;
 use serde::Deserialize;
 
+use crate::auth::{ClusterSecret, Tokens};
 use crate::raft::NodeId;
 
 /// A raftkv node: one member of a Raft-replicated key-value store.
@@ -90,6 +91,12 @@ pub struct Args {
     /// little behind still gets entries rather than a snapshot (default 5000).
     #[arg(long, env = "RAFTKV_SNAPSHOT_KEEP_ENTRIES")]
     pub snapshot_keep_entries: Option<u64>,
+    /// ... but only once the log since the last snapshot is at least this
+    /// many times that snapshot's size, so that writing snapshots costs at
+    /// most 1/ratio of the log's own IO however large the state; 0: off
+    /// (default 1.0).
+    #[arg(long, env = "RAFTKV_SNAPSHOT_LOG_RATIO")]
+    pub snapshot_log_ratio: Option<f64>,
     /// Size at which the write-ahead log starts a new segment file; whole
     /// segments are deleted once a snapshot covers them (default 67108864).
     #[arg(long, env = "RAFTKV_WAL_SEGMENT_BYTES")]
@@ -101,6 +108,19 @@ pub struct Args {
     /// (and retried) (default 10000).
     #[arg(long, env = "RAFTKV_SNAPSHOT_CHUNK_TIMEOUT_MS")]
     pub snapshot_chunk_timeout_ms: Option<u64>,
+    /// Client tokens, one per line: `<name> <read|write|admin> sha256:<hex>`
+    /// (`raftkvctl token new`). Set: every request but /health and /ready
+    /// needs `Authorization: Bearer <token>`. Unset: no client auth.
+    #[arg(long, env = "RAFTKV_TOKENS_FILE")]
+    pub tokens_file: Option<PathBuf>,
+    /// With a tokens file: serve /status and /metrics without a token.
+    #[arg(long, env = "RAFTKV_PUBLIC_STATUS")]
+    pub public_status: Option<bool>,
+    /// A file holding the secret (16+ characters) every node of the cluster
+    /// shares: /raft/* requests without it are refused, and this node sends
+    /// it to its peers. Unset: /raft/* is open.
+    #[arg(long, env = "RAFTKV_CLUSTER_SECRET_FILE")]
+    pub cluster_secret_file: Option<PathBuf>,
 }
 
 /// The same settings as they may appear in the TOML file.
@@ -127,9 +147,13 @@ pub struct FileSettings {
     pub snapshot_entries: Option<u64>,
     pub snapshot_bytes: Option<u64>,
     pub snapshot_keep_entries: Option<u64>,
+    pub snapshot_log_ratio: Option<f64>,
     pub wal_segment_bytes: Option<u64>,
     pub snapshot_chunk_bytes: Option<usize>,
     pub snapshot_chunk_timeout_ms: Option<u64>,
+    pub tokens_file: Option<PathBuf>,
+    pub public_status: Option<bool>,
+    pub cluster_secret_file: Option<PathBuf>,
 }
 
 /// `peers = "2=host:port,3=host:port"` or `peers = ["2=host:port", ...]`.
@@ -171,9 +195,15 @@ pub struct Settings {
     pub snapshot_entries: u64,
     pub snapshot_bytes: u64,
     pub snapshot_keep_entries: u64,
+    pub snapshot_log_ratio: f64,
     pub wal_segment_bytes: u64,
     pub snapshot_chunk_bytes: usize,
     pub snapshot_chunk_timeout: Duration,
+    /// Client tokens (None: no client authentication).
+    pub tokens: Option<Tokens>,
+    pub public_status: bool,
+    /// The secret peers share (None: /raft/* is open).
+    pub cluster_secret: Option<ClusterSecret>,
 }
 
 /// The largest snapshot chunk a node sends or accepts.
@@ -271,9 +301,17 @@ impl Args {
             snapshot_entries: self.snapshot_entries.or(file.snapshot_entries).unwrap_or(10_000),
             snapshot_bytes: self.snapshot_bytes.or(file.snapshot_bytes).unwrap_or(64 << 20),
             snapshot_keep_entries: self.snapshot_keep_entries.or(file.snapshot_keep_entries).unwrap_or(5_000),
+            snapshot_log_ratio: self.snapshot_log_ratio.or(file.snapshot_log_ratio).unwrap_or(1.0),
             wal_segment_bytes: self.wal_segment_bytes.or(file.wal_segment_bytes).unwrap_or(64 << 20),
             snapshot_chunk_bytes: self.snapshot_chunk_bytes.or(file.snapshot_chunk_bytes).unwrap_or(1 << 20),
             snapshot_chunk_timeout: ms(self.snapshot_chunk_timeout_ms, file.snapshot_chunk_timeout_ms, 10_000),
+            tokens: self.tokens_file.or(file.tokens_file).map(|p| Tokens::load(&p)).transpose()?,
+            public_status: self.public_status.or(file.public_status).unwrap_or(false),
+            cluster_secret: self
+                .cluster_secret_file
+                .or(file.cluster_secret_file)
+                .map(|p| ClusterSecret::load(&p))
+                .transpose()?,
         };
         if s.tick.is_zero() || s.heartbeat < s.tick {
             return Err("tick_ms must be positive and no longer than heartbeat_ms".into());
@@ -294,6 +332,9 @@ impl Args {
         // Deadlines are instants: an absurd timeout would overflow them.
         if s.request_read_timeout > Duration::from_secs(3600) {
             return Err("request_read_timeout_ms must be at most 3600000 (an hour)".into());
+        }
+        if !(s.snapshot_log_ratio.is_finite() && (0.0..=1000.0).contains(&s.snapshot_log_ratio)) {
+            return Err("snapshot_log_ratio must be between 0 and 1000".into());
         }
         if s.wal_segment_bytes < 4096 {
             return Err("wal_segment_bytes must be at least 4096".into());
@@ -403,8 +444,41 @@ mod tests {
         assert_eq!((set.snapshot_entries, set.snapshot_keep_entries), (100, 10));
         let e = |extra: &[&str]| args(&[&base[..], extra].concat()).resolve().unwrap_err();
         assert!(e(&["--wal-segment-bytes", "10"]).contains("at least 4096"));
+        assert!(e(&["--snapshot-log-ratio=-1"]).contains("between 0 and 1000"));
+        assert!(e(&["--snapshot-log-ratio", "NaN"]).contains("between 0 and 1000"));
+        assert_eq!(d.snapshot_log_ratio, 1.0);
         assert!(e(&["--snapshot-chunk-bytes", "0"]).contains("between 1"));
         assert!(e(&["--snapshot-chunk-timeout-ms", "0"]).contains("between 1"));
+    }
+
+    #[test]
+    fn tokens_and_cluster_secret_are_loaded_and_checked_at_start() {
+        let dir = std::env::temp_dir().join(format!("raftkv-config-auth-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (tokens, secret) = (dir.join("tokens"), dir.join("secret"));
+        std::fs::write(&tokens, crate::auth::token_line("ops", crate::auth::Role::Admin, "t0ken")).unwrap();
+        std::fs::write(&secret, "0123456789abcdef\n").unwrap();
+        let base = ["--id", "1", "--listen", "127.0.0.1:8001"];
+        let off = args(&base).resolve().unwrap();
+        assert!(off.tokens.is_none() && off.cluster_secret.is_none() && !off.public_status);
+        let on = args(
+            &[
+                &base[..],
+                &["--tokens-file", tokens.to_str().unwrap(), "--cluster-secret-file", secret.to_str().unwrap()],
+            ]
+            .concat(),
+        )
+        .resolve()
+        .unwrap();
+        assert_eq!(on.tokens.as_ref().unwrap().find("t0ken").map(|t| t.0), Some("ops"));
+        assert!(on.cluster_secret.as_ref().unwrap().matches("0123456789abcdef"), "trailing newline trimmed");
+        assert!(!format!("{on:?}").contains("0123456789abcdef"), "the secret is never printed");
+        std::fs::write(&secret, "short").unwrap();
+        let e = args(&[&base[..], &["--cluster-secret-file", secret.to_str().unwrap()]].concat()).resolve();
+        assert!(e.unwrap_err().contains("at least 16"));
+        let e = args(&[&base[..], &["--tokens-file", "/nonexistent/tokens"]].concat()).resolve().unwrap_err();
+        assert!(e.contains("/nonexistent/tokens"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

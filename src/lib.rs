@@ -9,10 +9,12 @@
 //! * `actors` (in `actors/`) — the actix actors that do the IO around them.
 //! * `http` — the actix-web front door: client API, operations, Raft RPCs.
 //! * `config`, `logging`, `metrics` — settings, per-actor logs, Prometheus.
+//! * `auth` — client tokens with roles and the cluster secret for peers.
 //! * `client` — a small blocking HTTP client for the CLI and the tests.
 //!
 //! The chaos tester and the benchmark live in `tools/` (`raftkv-tools`).
 
+pub mod auth;
 pub mod codec;
 pub mod config;
 pub mod http;

@@ -399,7 +399,7 @@ impl Write for BodyWriter<'_> {
 
 /// Checks a whole file's bytes (read from `path`, named in errors): returns
 /// its metadata and its body (a slice of `buf`). Never panics, whatever `buf`.
-fn verify(path: &Path, buf: &Bytes) -> Result<(SnapshotMeta, Bytes), SnapshotError> {
+pub fn verify(path: &Path, buf: &Bytes) -> Result<(SnapshotMeta, Bytes), SnapshotError> {
     let len = buf.len();
     if !buf.starts_with(SNAP_MAGIC) {
         let reason = if SNAP_MAGIC.starts_with(buf) {

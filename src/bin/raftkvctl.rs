@@ -37,6 +37,9 @@ struct Cli {
     /// Output format.
     #[arg(long, short, value_enum, default_value_t = Output::Table, global = true)]
     output: Output,
+    /// Bearer token for nodes that require one (--tokens-file on the node).
+    #[arg(long, env = "RAFTKV_TOKEN", global = true, hide_env_values = true)]
+    token: Option<String>,
     /// Seconds to wait for each request.
     #[arg(long, default_value_t = 5.0, global = true)]
     timeout: f64,
@@ -101,6 +104,19 @@ enum Cmd {
         #[command(subcommand)]
         action: LogCmd,
     },
+    /// Client tokens (no node is contacted).
+    Token {
+        #[command(subcommand)]
+        action: TokenCmd,
+    },
+}
+
+#[derive(Subcommand, Debug, Clone)]
+enum TokenCmd {
+    /// Make a random token for NAME with ROLE (read, write or admin): prints
+    /// the token (give it to the client) and the line for the nodes'
+    /// tokens file (which holds only its hash).
+    New { name: String, role: String },
 }
 
 #[derive(Subcommand, Debug, Clone)]
@@ -160,6 +176,7 @@ fn failure_of(r: &Response) -> Failure {
         503 => 5,
         504 => 6,
         400 | 405 | 413 => 7,
+        401 | 403 => 8,
         _ => 1,
     };
     let mut message = format!("{msg} (HTTP {}, {})", r.status, body["code"].as_str().unwrap_or("?"));
@@ -242,6 +259,18 @@ impl Ctl {
             }
             Cmd::Status => self.status(),
             Cmd::Snapshot { node } => self.snapshot(node.as_deref()),
+            Cmd::Token { action: TokenCmd::New { name, role } } => {
+                let Some(role) = raftkv::auth::Role::parse(role) else {
+                    return Err(Failure::new(2, format!("role {role:?} is not read, write or admin")));
+                };
+                if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c == '#') {
+                    return Err(Failure::new(2, "the name must be one word without '#'"));
+                }
+                let token = raftkv::auth::new_token();
+                let line = raftkv::auth::token_line(name, role, &token);
+                let v = json!({"name": name, "role": role.as_str(), "token": token, "tokens_file_line": line});
+                Ok(self.render(&v, || format!("token: {token}\ntokens file line: {line}")))
+            }
             Cmd::Log { action: LogCmd::Get } => self.log(None, None),
             Cmd::Log { action: LogCmd::Set { filter, node } } => self.log(Some(filter), node.as_deref()),
         }
@@ -467,7 +496,8 @@ struct Line {
     cmd: Cmd,
 }
 
-const COMMANDS: &[&str] = &["get", "put", "cas", "delete", "list", "status", "log", "help", "exit", "quit"];
+const COMMANDS: &[&str] =
+    &["get", "put", "cas", "delete", "list", "status", "snapshot", "log", "token", "help", "exit", "quit"];
 
 #[derive(Helper, Hinter, Validator)]
 struct Complete {
@@ -594,7 +624,12 @@ fn main() -> ExitCode {
         eprintln!("raftkvctl: --timeout must be a positive number of seconds");
         return ExitCode::from(2);
     }
-    let ctl = Ctl { endpoints, output: cli.output, http: HttpClient::new(Duration::from_secs_f64(cli.timeout)) };
+    if cli.token.as_ref().is_some_and(|t| t.chars().any(|c| c.is_control() || c.is_whitespace())) {
+        eprintln!("raftkvctl: --token must not contain spaces or control characters");
+        return ExitCode::from(2);
+    }
+    let http = HttpClient::new(Duration::from_secs_f64(cli.timeout)).with_token(cli.token.clone());
+    let ctl = Ctl { endpoints, output: cli.output, http };
     match &cli.command {
         None => interactive(&ctl),
         Some(cmd) => match ctl.run(cmd) {

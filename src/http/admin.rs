@@ -9,6 +9,7 @@ use super::AppState;
 use super::client_api::read_body;
 use super::errors::ApiError;
 use crate::actors::messages::{GetApplied, GetStatus, Status, TakeSnapshotNow};
+use crate::auth::Role;
 use crate::logging;
 
 async fn status_of(state: &AppState) -> Result<(Status, u64), ApiError> {
@@ -46,7 +47,8 @@ pub async fn ready(state: web::Data<AppState>) -> Result<HttpResponse, ApiError>
 }
 
 /// Id, role, term, leader, indexes and per-peer replication progress.
-pub async fn status(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+pub async fn status(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    state.authorize_status(&req)?;
     let (s, applied) = status_of(&state).await?;
     let mut v = serde_json::to_value(&s).map_err(|e| ApiError::internal(e.to_string()))?;
     v["applied_index"] = json!(applied);
@@ -55,7 +57,8 @@ pub async fn status(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
 
 /// Takes a snapshot of everything this node has applied and compacts its
 /// log; answers once the snapshot file is durable.
-pub async fn take_snapshot(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+pub async fn take_snapshot(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    state.authorize(&req, Role::Admin)?;
     let (tx, rx) = tokio::sync::oneshot::channel();
     let down = |_| ApiError::no_leader("the node is shutting down");
     state.node.consensus.send(TakeSnapshotNow { reply: tx }).await.map_err(down)?;
@@ -70,8 +73,9 @@ pub async fn take_snapshot(state: web::Data<AppState>) -> Result<HttpResponse, A
 }
 
 /// Prometheus text format.
-pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
-    HttpResponse::Ok().content_type("text/plain; version=0.0.4; charset=utf-8").body(state.node.metrics.render())
+pub async fn metrics(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    state.authorize_status(&req)?;
+    Ok(HttpResponse::Ok().content_type("text/plain; version=0.0.4; charset=utf-8").body(state.node.metrics.render()))
 }
 
 fn log_body() -> Value {
@@ -79,8 +83,9 @@ fn log_body() -> Value {
 }
 
 /// The log filter in force and the actor targets it can name.
-pub async fn get_log() -> HttpResponse {
-    HttpResponse::Ok().json(log_body())
+pub async fn get_log(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    state.authorize(&req, Role::Admin)?;
+    Ok(HttpResponse::Ok().json(log_body()))
 }
 
 /// Replaces the log filter: `{"filter": "info,raftkv::election=trace"}`.
@@ -89,6 +94,7 @@ pub async fn put_log(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    state.authorize(&req, Role::Admin)?;
     let body = read_body(&req, payload, 64 * 1024, state.settings.request_read_timeout).await?;
     let v: Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request("invalid_json", format!("the body is not valid JSON: {e}")))?;

@@ -19,6 +19,7 @@ use super::{AppState, Forwarder};
 use crate::actors::consensus::ConsensusActor;
 use crate::actors::messages::{ClientRead, ClientWrite, LocalRead};
 use crate::actors::{ClientError, ClientOutcome, ClientReply, ClientResult};
+use crate::auth::Role;
 use crate::kv::{Command, CommandResult, Condition, Item, Query, QueryResult};
 use crate::raft::NodeId;
 
@@ -328,8 +329,11 @@ async fn forward(
         .request(req.method().clone(), format!("http://{addr}{pq}"))
         .insert_header((FORWARDED_HEADER, state.settings.id.to_string()))
         .timeout(state.settings.request_timeout);
-    if let Some(ct) = req.headers().get("content-type") {
-        out = out.insert_header(("content-type", ct.clone()));
+    // The leader checks the client's token again.
+    for name in ["content-type", "authorization"] {
+        if let Some(v) = req.headers().get(name) {
+            out = out.insert_header((name, v.clone()));
+        }
     }
     let mut resp = match out.send_body(body).await {
         Ok(r) => r,
@@ -466,6 +470,7 @@ pub async fn get_key(
     if req.uri().path() == "/kv/" {
         return list(req, state, fwd).await;
     }
+    state.authorize(&req, Role::Read)?;
     let key = parse_key(&req)?;
     let p = params(&req, &["consistency"])?;
     let c = consistency(&p)?;
@@ -479,6 +484,7 @@ pub async fn put_key(
     state: web::Data<AppState>,
     fwd: web::Data<Forwarder>,
 ) -> Result<HttpResponse, ApiError> {
+    state.authorize(&req, Role::Write)?;
     let key = parse_key(&req)?;
     params(&req, &[])?;
     let body = read_body(&req, payload, state.client_body_limit(), state.settings.request_read_timeout).await?;
@@ -492,6 +498,7 @@ pub async fn delete_key(
     state: web::Data<AppState>,
     fwd: web::Data<Forwarder>,
 ) -> Result<HttpResponse, ApiError> {
+    state.authorize(&req, Role::Write)?;
     let key = parse_key(&req)?;
     let p = params(&req, &["if_revision"])?;
     let if_revision = u64_param(&p, "if_revision")?;
@@ -504,6 +511,7 @@ pub async fn list(
     state: web::Data<AppState>,
     fwd: web::Data<Forwarder>,
 ) -> Result<HttpResponse, ApiError> {
+    state.authorize(&req, Role::Read)?;
     let p = params(&req, &["prefix", "limit", "consistency"])?;
     let c = consistency(&p)?;
     let limit = match u64_param(&p, "limit")? {

@@ -30,6 +30,7 @@ use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use log::debug;
 
 use crate::actors::NodeHandles;
+use crate::auth::{self, Role};
 use crate::config::Settings;
 use crate::metrics::Metrics;
 use errors::ApiError;
@@ -68,6 +69,57 @@ impl AppState {
             )));
         }
         Ok(slot)
+    }
+
+    /// Refuses a client request that lacks a token of at least role `need`
+    /// (when the node has a tokens file): 401 without a valid token, 403
+    /// with one whose role is too low. Nothing has been done then.
+    pub fn authorize(&self, req: &HttpRequest, need: Role) -> Result<(), ApiError> {
+        let Some(tokens) = &self.settings.tokens else { return Ok(()) };
+        let header = req.headers().get("authorization").and_then(|v| v.to_str().ok());
+        let Some(token) = header.and_then(auth::bearer) else {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+                "this node requires a token: send `Authorization: Bearer <token>` (raftkvctl --token)",
+            ));
+        };
+        match tokens.find(token) {
+            None => {
+                Err(ApiError::new(StatusCode::UNAUTHORIZED, "invalid_token", "the token is not valid on this node"))
+            }
+            Some((name, role)) if role < need => Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!(
+                    "token '{name}' has the {} role; {} {} needs {}",
+                    role.as_str(),
+                    req.method(),
+                    req.path(),
+                    need.as_str()
+                ),
+            )),
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// `/status` and `/metrics`: open with `--public-status`, else any valid token.
+    pub fn authorize_status(&self, req: &HttpRequest) -> Result<(), ApiError> {
+        if self.settings.public_status { Ok(()) } else { self.authorize(req, Role::Read) }
+    }
+
+    /// `/raft/*`: the cluster secret, when the node has one.
+    pub fn authorize_peer(&self, req: &HttpRequest) -> Result<(), ApiError> {
+        let Some(secret) = &self.settings.cluster_secret else { return Ok(()) };
+        let header = req.headers().get("authorization").and_then(|v| v.to_str().ok());
+        match header.and_then(auth::bearer) {
+            Some(presented) if secret.matches(presented) => Ok(()),
+            _ => Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated_peer",
+                "peer requests must carry this cluster's secret (--cluster-secret-file)",
+            )),
+        }
     }
 
     /// Largest client request body accepted: the value limit, room for JSON

@@ -30,6 +30,7 @@ pub async fn handle(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    state.authorize_peer(&req)?;
     let body = read_body(&req, payload, state.peer_body_limit(), state.settings.request_read_timeout).await?;
     let msg =
         decode_message(body).map_err(|e| ApiError::bad_request("invalid_message", format!("bad Raft message: {e}")))?;
@@ -83,6 +84,7 @@ pub async fn install_snapshot(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    state.authorize_peer(&req)?;
     // The sender's chunk size is its own setting: accept up to the largest allowed.
     let body = read_body(&req, payload, MAX_SNAPSHOT_CHUNK + (64 << 10), state.settings.request_read_timeout).await?;
     let chunk = decode_snapshot_chunk(body)
