@@ -8,7 +8,11 @@
 //! they are handed over (pipelined up to the core's window), while at most
 //! one heartbeat is on the wire per peer: a newer heartbeat waiting behind
 //! it replaces an older one, since the newest read round confirms all
-//! earlier ones.
+//! earlier ones. After a failed request, AppendEntries and heartbeats to
+//! the peer wait out a capped exponential backoff (50 ms doubling to 1 s),
+//! so a peer that is down costs about one request a second instead of one
+//! per heartbeat; the first one through after the wait is the probe.
+//! Votes and snapshot transfers are not held back.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -27,6 +31,14 @@ use crate::snapshot::{SnapshotDir, read_chunk};
 
 /// Largest response body accepted from a peer (answers are small).
 const MAX_RESPONSE: usize = 1 << 20;
+/// Backoff after failed requests to a peer: doubling from the first, capped.
+const BACKOFF_FIRST: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// How long to wait after `failures` failed requests in a row.
+fn backoff(failures: u32) -> Duration {
+    BACKOFF_FIRST.saturating_mul(1 << failures.saturating_sub(1).min(16)).min(BACKOFF_MAX)
+}
 
 pub struct Replicator {
     peer: NodeId,
@@ -46,8 +58,11 @@ pub struct Replicator {
     target: String,
     heartbeat_in_flight: bool,
     queued_heartbeat: Option<RaftMessage>,
-    /// Whether the last request got through (for logging transitions only).
-    reachable: bool,
+    /// Requests in a row that failed, and until when replication and
+    /// heartbeats to the peer wait (capped exponential backoff; votes and
+    /// snapshot transfers are not held back).
+    failures: u32,
+    retry_at: Option<Instant>,
 }
 
 impl Replicator {
@@ -75,7 +90,8 @@ impl Replicator {
             target: replication_target(peer),
             heartbeat_in_flight: false,
             queued_heartbeat: None,
-            reachable: true,
+            failures: 0,
+            retry_at: None,
         }
     }
 
@@ -91,6 +107,20 @@ impl Replicator {
                 return;
             }
         };
+        if matches!(kind, MessageKind::AppendEntries | MessageKind::Heartbeat)
+            && self.retry_at.is_some_and(|t| Instant::now() < t)
+        {
+            // The peer failed just now: no request until the backoff ends.
+            // A heartbeat is simply not sent (the next one will be); an
+            // AppendEntries is reported failed at once, so the core probes.
+            if let Some(m) = self.metrics.peer(self.peer) {
+                m.requests_held_back.fetch_add(1, Relaxed);
+            }
+            if kind == MessageKind::AppendEntries {
+                self.consensus.do_send(PeerEvent::Unreachable { peer: self.peer });
+            }
+            return;
+        }
         if let Some(m) = self.metrics.peer(self.peer) {
             match kind {
                 MessageKind::AppendEntries => m.append_entries_sent.fetch_add(1, Relaxed),
@@ -120,18 +150,38 @@ impl Replicator {
         ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
             match res {
                 Ok(reply) => {
-                    if !act.reachable {
-                        info!(target: &act.target, "peer {} is reachable again", act.peer);
-                        act.reachable = true;
+                    if act.failures > 0 {
+                        info!(
+                            target: &act.target,
+                            "peer {} is reachable again after {} failed requests",
+                            act.peer,
+                            act.failures
+                        );
+                        act.failures = 0;
+                        act.retry_at = None;
                     }
                     act.consensus.do_send(PeerEvent::Replied(reply));
                 }
                 Err(e) => {
-                    if act.reachable {
-                        warn!(target: &act.target, "peer {} unreachable: {} failed: {e}", act.peer, kind.as_str());
-                        act.reachable = false;
+                    act.failures += 1;
+                    let wait = backoff(act.failures);
+                    act.retry_at = Some(Instant::now() + wait);
+                    if act.failures == 1 {
+                        warn!(
+                            target: &act.target,
+                            "peer {} unreachable: {} failed: {e}; retrying with backoff up to {:?}",
+                            act.peer,
+                            kind.as_str(),
+                            BACKOFF_MAX
+                        );
                     } else {
-                        debug!(target: &act.target, "peer {} still unreachable: {} failed: {e}", act.peer, kind.as_str());
+                        debug!(
+                            target: &act.target,
+                            "peer {} still unreachable ({} failures, next try in {wait:?}): {} failed: {e}",
+                            act.peer,
+                            act.failures,
+                            kind.as_str()
+                        );
                     }
                     if let Some(m) = act.metrics.peer(act.peer) {
                         match kind {

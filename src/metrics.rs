@@ -80,6 +80,8 @@ pub struct PeerMetrics {
     pub votes_failed: AtomicU64,
     pub match_index: AtomicU64,
     pub replication_lag: AtomicU64,
+    /// Requests not sent because the peer is in backoff after failures.
+    pub requests_held_back: AtomicU64,
 }
 
 pub struct Metrics {
@@ -328,7 +330,13 @@ impl Metrics {
         self.snapshot_seconds.render(&mut o, "raftkv_snapshot_duration_seconds", "");
 
         type Field = fn(&PeerMetrics) -> &AtomicU64;
-        let per_peer: [(&str, &str, &str, Field); 8] = [
+        let per_peer: [(&str, &str, &str, Field); 9] = [
+            (
+                "raftkv_peer_requests_held_back_total",
+                "counter",
+                "AppendEntries and heartbeats not sent to the peer because it is in backoff after failures.",
+                |p| &p.requests_held_back,
+            ),
             ("raftkv_append_entries_sent_total", "counter", "AppendEntries requests sent to the peer.", |p| {
                 &p.append_entries_sent
             }),

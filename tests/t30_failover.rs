@@ -90,3 +90,35 @@ fn whole_cluster_killed_and_restarted_keeps_every_acknowledged_write() {
     // Term moved on: the restarted cluster held a new election.
     assert!(c.status(leader).unwrap()["term"].as_u64().unwrap() >= 2);
 }
+
+/// The leader's counter `name{peer="<peer>"}` in `/metrics`.
+fn peer_counter(c: &Cluster, leader: u64, name: &str, peer: u64) -> Option<u64> {
+    let text = c.client.get(&c.addr(leader), "/metrics").ok()?.text();
+    let prefix = format!("{name}{{peer=\"{peer}\"}} ");
+    text.lines().find_map(|l| l.strip_prefix(&prefix)).and_then(|v| v.trim().parse().ok())
+}
+
+#[test]
+fn a_down_follower_is_retried_with_backoff_and_caught_up_when_it_returns() {
+    let mut c = Cluster::start(3);
+    let leader = c.wait_leader(Duration::from_secs(10));
+    let down = c.followers(leader)[0];
+    c.kill(down);
+    let sent = |c: &Cluster| peer_counter(c, leader, "raftkv_heartbeats_sent_total", down);
+    let held = |c: &Cluster| peer_counter(c, leader, "raftkv_peer_requests_held_back_total", down);
+    let sent_at_kill = sent(&c).unwrap();
+    // Heartbeats are due every 50 ms; once the backoff has grown, most of
+    // them are held back instead of sent.
+    let held_back =
+        eventually(Duration::from_secs(10), "heartbeats to the down node held back", || held(&c).filter(|&h| h >= 40));
+    let tried = sent(&c).unwrap() - sent_at_kill;
+    assert!(tried * 2 <= held_back, "{tried} heartbeats sent to the down node while {held_back} were held back");
+    assert_eq!(c.put(leader, "while-down", "x").status, 200, "the majority goes on");
+
+    c.spawn(down);
+    let commit = c.status(leader).unwrap()["commit_index"].as_u64().unwrap();
+    c.wait_applied(down, commit, Duration::from_secs(5));
+    assert_eq!(c.get_stale(down, "while-down").json()["value"], "x");
+    let log = c.log(leader);
+    assert!(log.contains(&format!("peer {down} is reachable again after")), "{log}");
+}
