@@ -8,11 +8,13 @@
 //! they are handed over (pipelined up to the core's window), while at most
 //! one heartbeat is on the wire per peer: a newer heartbeat waiting behind
 //! it replaces an older one, since the newest read round confirms all
-//! earlier ones. After a failed request, AppendEntries and heartbeats to
-//! the peer wait out a capped exponential backoff (50 ms doubling to 1 s),
-//! so a peer that is down costs about one request a second instead of one
-//! per heartbeat; the first one through after the wait is the probe.
-//! Votes and snapshot transfers are not held back.
+//! earlier ones. After a request could not even connect (the peer is down
+//! or unreachable), AppendEntries and heartbeats to the peer wait out a
+//! capped exponential backoff (50 ms doubling to 1 s), so a peer that is
+//! down costs about one request a second instead of one per heartbeat; the
+//! first one through after the wait is the probe. A peer that answers
+//! slowly or with an error is not held back (its heartbeats keep the
+//! leader's quorum alive), nor are votes and snapshot transfers.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -21,6 +23,8 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use log::{debug, info, trace, warn};
+
+use awc::error::{ConnectError, SendRequestError};
 
 use super::messages::{PeerEvent, SendRpc};
 use crate::codec::{decode_message, encode_message, encode_snapshot_chunk};
@@ -59,8 +63,8 @@ pub struct Replicator {
     heartbeat_in_flight: bool,
     queued_heartbeat: Option<RaftMessage>,
     /// Requests in a row that failed, and until when replication and
-    /// heartbeats to the peer wait (capped exponential backoff; votes and
-    /// snapshot transfers are not held back).
+    /// heartbeats to the peer wait after one could not connect (capped
+    /// exponential backoff; votes and snapshot transfers are not held back).
     failures: u32,
     retry_at: Option<Instant>,
 }
@@ -138,14 +142,22 @@ impl Replicator {
             .post(url)
             .insert_header(("content-type", "application/octet-stream"))
             .send_body(encode_message(&msg));
+        // Errors say whether no connection could be made at all (the peer
+        // is down or unreachable), the only case that starts a backoff.
         let fut = async move {
-            let mut resp = request.await.map_err(|e| e.to_string())?;
+            let mut resp = request.await.map_err(|e| {
+                let refused = matches!(
+                    &e,
+                    SendRequestError::Connect(c) if !matches!(c, ConnectError::Disconnected | ConnectError::H2(_))
+                );
+                (e.to_string(), refused)
+            })?;
             let status = resp.status();
-            let body = resp.body().limit(MAX_RESPONSE).await.map_err(|e| e.to_string())?;
+            let body = resp.body().limit(MAX_RESPONSE).await.map_err(|e| (e.to_string(), false))?;
             if !status.is_success() {
-                return Err(format!("HTTP {status}: {}", String::from_utf8_lossy(&body)));
+                return Err((format!("HTTP {status}: {}", String::from_utf8_lossy(&body)), false));
             }
-            decode_message(body).map_err(|e| e.to_string())
+            decode_message(body).map_err(|e| (e.to_string(), false))
         };
         ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
             match res {
@@ -162,18 +174,17 @@ impl Replicator {
                     }
                     act.consensus.do_send(PeerEvent::Replied(reply));
                 }
-                Err(e) => {
+                Err((e, refused)) => {
                     act.failures += 1;
-                    let wait = backoff(act.failures);
-                    act.retry_at = Some(Instant::now() + wait);
+                    // Only a peer no connection reaches is held back: one that
+                    // is slow or answers errors keeps getting heartbeats, or a
+                    // leader whose only other majority member timed out once
+                    // would stop hearing from it and step down (check quorum).
+                    let wait = refused.then(|| backoff(act.failures));
+                    act.retry_at = wait.map(|w| Instant::now() + w);
                     if act.failures == 1 {
-                        warn!(
-                            target: &act.target,
-                            "peer {} unreachable: {} failed: {e}; retrying with backoff up to {:?}",
-                            act.peer,
-                            kind.as_str(),
-                            BACKOFF_MAX
-                        );
+                        let then = if refused { "; retrying with backoff up to 1s" } else { "" };
+                        warn!(target: &act.target, "peer {} unreachable: {} failed: {e}{then}", act.peer, kind.as_str());
                     } else {
                         debug!(
                             target: &act.target,
