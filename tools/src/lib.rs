@@ -5,11 +5,13 @@
 //!   checker (`raftkv-chaos`, `make chaos`).
 //! * `raftkv-bench` — raftkv against etcd and a ceiling with `wrk`
 //!   (`make bench`); `raftkv-ceiling` — that ceiling, an unreplicated
-//!   in-memory server of the same API.
+//!   in-memory server of the same API; `raftkv-soak` — snapshots and
+//!   compaction over time. `process` — their child processes.
 
 use std::path::PathBuf;
 
 pub mod chaos;
+pub mod process;
 
 /// The `raftkv` node binary of this build: beside the running executable,
 /// or one level up for test executables (`target/<profile>/deps/`).

@@ -13,11 +13,12 @@ use std::fmt::Write as _;
 use std::fs;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
 use raftkv::client::HttpClient;
+use raftkv_tools::process::{Proc, wait_until};
 use serde_json::{Value, json};
 
 #[derive(Parser, Debug)]
@@ -54,41 +55,6 @@ struct Args {
 
 const KEYS: u32 = 10_000;
 const VALUE_LEN: usize = 100;
-
-/// A child process killed when dropped.
-struct Proc {
-    child: Option<Child>,
-}
-
-impl Proc {
-    fn spawn(name: &str, cmd: &mut Command, log: &Path) -> Proc {
-        let f = fs::File::create(log).expect("log file");
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(f.try_clone().unwrap())
-            .stderr(f)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-        Proc { child: Some(child) }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.as_ref().map_or(0, |c| c.id())
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 /// utime + stime of a process, in seconds.
 fn cpu_seconds(pid: u32) -> f64 {
@@ -255,14 +221,6 @@ fn run_wrk(dir: &Path, t: &Target, load: Load, conns: u32, secs: u64) -> Measure
         p999_us: v["p999"].as_f64().unwrap(),
         cpu_us_per_op: (cpu_after - cpu_before) * 1e6 / requests.max(1.0),
         errors: v["status_errors"].as_u64().unwrap() + v["socket_errors"].as_u64().unwrap(),
-    }
-}
-
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

@@ -20,11 +20,12 @@ use std::fmt::Write as _;
 use std::fs;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use raftkv::client::HttpClient;
+use raftkv_tools::process::{Proc, wait_until};
 use serde_json::Value;
 
 #[derive(Parser, Debug)]
@@ -78,42 +79,6 @@ enum Cmd {
 const VALUE_LEN: usize = 100;
 const WRK_THREADS: u32 = 2;
 
-/// A child process killed (SIGKILL) when dropped.
-struct Proc {
-    child: Option<Child>,
-}
-
-impl Proc {
-    fn spawn(name: &str, cmd: &mut Command, log: &Path) -> Proc {
-        let f = fs::File::create(log).expect("log file");
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(f.try_clone().unwrap())
-            .stderr(f)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-        Proc { child: Some(child) }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.as_ref().map_or(0, |c| c.id())
-    }
-
-    /// `kill -9` and reap.
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 /// A field of /proc/<pid>/status in kB (VmRSS, VmHWM).
 fn proc_kb(pid: u32, field: &str) -> u64 {
     let Ok(s) = fs::read_to_string(format!("/proc/{pid}/status")) else { return 0 };
@@ -129,14 +94,6 @@ fn mib(bytes: u64) -> String {
 
 fn kb_mib(kb: u64) -> String {
     format!("{:.0}", kb as f64 / 1024.0)
-}
-
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn shell(cmd: &str, args: &[&str]) -> String {
