@@ -30,6 +30,17 @@ fn main() -> ExitCode {
         log::logger().flush();
         std::process::exit(101);
     }));
+    // The port first: a node that cannot listen must say so and stop
+    // before it touches its data directory or starts any actor.
+    let listener = match std::net::TcpListener::bind(settings.listen) {
+        Ok(l) => l,
+        Err(e) => {
+            let msg = format!("cannot listen on {}: {e}", settings.listen);
+            log::error!(target: "raftkv::http", "{msg}");
+            eprintln!("raftkv: error: {msg}");
+            return ExitCode::from(1);
+        }
+    };
     let recovered = match recovery::recover(&settings.data_dir, settings.wal_segment_bytes) {
         Ok(r) => r,
         Err(e) => {
@@ -50,7 +61,7 @@ fn main() -> ExitCode {
     let result = actix_web::rt::System::new().block_on(async move {
         let r = recovered;
         let node = actors::spawn_node(&settings, r.boot, r.store, r.snapshots, r.wal, metrics.clone());
-        http::serve(settings, node, metrics).await
+        http::serve(settings, listener, node, metrics).await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,5 +1,6 @@
-//! Operating a cluster: per-actor log targets switched at run time, and
-//! Prometheus metrics that parse, pass `promtool`, and move.
+//! Operating a cluster: per-actor log targets switched at run time,
+//! Prometheus metrics that parse, pass `promtool`, and move, and start-up
+//! errors that say what is wrong.
 
 mod common;
 
@@ -143,4 +144,26 @@ fn metrics_pass_promtool_and_move_with_writes_and_elections() {
     assert!(new_after["raftkv_term"] > before["raftkv_term"]);
     let (_, f_after) = scrape(&c, follower);
     assert!(f_after["raftkv_leader_changes_total"] > f_before["raftkv_leader_changes_total"]);
+}
+
+/// A node whose port is taken says so and stops at once, before it creates
+/// or touches its data directory (seen in CI: the failed bind used to end
+/// in a panic while the runtime was torn down, with no word of the cause).
+#[test]
+fn a_node_whose_port_is_taken_exits_with_a_clear_error_and_leaves_no_data() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let dir = std::env::temp_dir().join(format!("raftkv-port-taken-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = Command::new(BIN)
+        .args(["--id", "1", "--listen", &addr.to_string(), "--peers", "2=127.0.0.1:1"])
+        .arg("--data-dir")
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&format!("raftkv: error: cannot listen on {addr}")), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(!dir.exists(), "the data directory was created");
 }

@@ -235,9 +235,14 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     }
 }
 
-/// Serves until the process is asked to stop.
-pub async fn serve(settings: Settings, node: NodeHandles, metrics: Arc<Metrics>) -> std::io::Result<()> {
-    let listen = settings.listen;
+/// Serves on `listener` (bound to `settings.listen`) until the process is
+/// asked to stop.
+pub async fn serve(
+    settings: Settings,
+    listener: std::net::TcpListener,
+    node: NodeHandles,
+    metrics: Arc<Metrics>,
+) -> std::io::Result<()> {
     let workers = settings.http_workers;
     let read_timeout = settings.request_read_timeout;
     let state = web::Data::new(AppState { settings, node, in_flight: AtomicUsize::new(0) });
@@ -281,7 +286,7 @@ pub async fn serve(settings: Settings, node: NodeHandles, metrics: Arc<Metrics>)
     // read timeout without a request in progress.
     .on_connect(move |conn, data| conn_watch::on_connect(conn, data, 2 * read_timeout))
     .shutdown_timeout(1)
-    .bind(listen)?
+    .listen(listener)?
     .run()
     .await
 }

@@ -66,6 +66,27 @@ fn cpu_seconds(pid: u32) -> f64 {
     ticks / 100.0
 }
 
+/// What the nodes say about themselves, and the end of their logs: printed
+/// when the recovery measurement gives up, so a failure explains itself.
+fn diagnose(http: &HttpClient, addrs: &[String], logs: &[PathBuf]) -> String {
+    let mut out = String::new();
+    for a in addrs {
+        let status = http
+            .get(a, "/status")
+            .map_or_else(|e| format!("error: {e}"), |r| String::from_utf8_lossy(&r.body).into_owned());
+        let _ = writeln!(out, "--- {a} /status: {status}");
+    }
+    for log in logs {
+        let text = fs::read_to_string(log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let _ = writeln!(out, "--- {} (last 40 of {} lines)", log.display(), lines.len());
+        for l in &lines[lines.len().saturating_sub(40)..] {
+            let _ = writeln!(out, "{l}");
+        }
+    }
+    out
+}
+
 fn b64(input: &[u8]) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::new();
@@ -327,7 +348,11 @@ fn main() {
     });
 
     eprintln!("waiting for leaders...");
-    wait_until("a raftkv leader", Duration::from_secs(20), || raftkv_leader(&http, &raft_addrs).is_some());
+    // Every member, not just a leader: a node that failed to start would
+    // otherwise turn the recovery measurement into a loss of majority.
+    wait_until("every raftkv node to be ready", Duration::from_secs(20), || {
+        raft_addrs.iter().all(|a| http.get(a, "/ready").is_ok_and(|r| r.status == 200))
+    });
     if use_etcd {
         wait_until("an etcd leader", Duration::from_secs(30), || etcd_leader(&http, &etcd_addrs).is_some());
     }
@@ -386,13 +411,26 @@ fn main() {
         let killed_at = Instant::now();
         raft[leader].kill();
         let mut n = 0;
+        let mut last: String;
         let took = loop {
             n += 1;
             let r = writer.put_json(&raft_addrs[survivor], &format!("/kv/recovery{k}-{n}"), &json!({"value": "v"}));
-            if r.is_ok_and(|r| r.status == 200) {
-                break killed_at.elapsed();
+            match r {
+                Ok(r) if r.status == 200 => break killed_at.elapsed(),
+                Ok(r) => last = format!("HTTP {}: {}", r.status, String::from_utf8_lossy(&r.body)),
+                Err(e) => last = format!("error: {e}"),
             }
-            assert!(killed_at.elapsed() < Duration::from_secs(30), "no write acknowledged 30 s after the kill");
+            if killed_at.elapsed() > Duration::from_secs(30) {
+                let logs: Vec<PathBuf> = (1..=3)
+                    .map(|i| dir.join(format!("raftkv{i}.log")))
+                    .chain((0..k).map(|j| dir.join(format!("raftkv{}-{j}.log", leader + 1))))
+                    .collect();
+                panic!(
+                    "no write acknowledged 30 s after the kill of node {} ({n} tries; the last: {last})\n{}",
+                    leader + 1,
+                    diagnose(&http, &raft_addrs, &logs)
+                );
+            }
             std::thread::sleep(Duration::from_millis(2));
         };
         eprintln!("kill -9 leader {} -> first acknowledged write after {} ms", leader + 1, took.as_millis());
