@@ -35,7 +35,11 @@ fn main() -> ExitCode {
     let listener = match std::net::TcpListener::bind(settings.listen) {
         Ok(l) => l,
         Err(e) => {
-            let msg = format!("cannot listen on {}: {e}", settings.listen);
+            // The same command run twice: say what the user needs to hear.
+            let msg = match raftkv::wal::data_dir_in_use(&settings.data_dir) {
+                Some(locked) => locked.to_string(),
+                None => format!("cannot listen on {}: {e}", settings.listen),
+            };
             log::error!(target: "raftkv::http", "{msg}");
             eprintln!("raftkv: error: {msg}");
             return ExitCode::from(1);

@@ -338,6 +338,21 @@ pub fn open(data_dir: &Path, segment_bytes: u64) -> Result<(Recovered, WalWriter
 }
 
 /// Takes the exclusive lock on `<data_dir>/LOCK` and writes our pid into it.
+/// Whether another process holds the lock of `data_dir` (creates
+/// nothing; `None` when there is no lock file or nobody holds it): the
+/// error that process would be refused with, naming the holder.
+pub fn data_dir_in_use(data_dir: &Path) -> Option<WalError> {
+    let mut file = OpenOptions::new().read(true).open(data_dir.join(LOCK_FILE)).ok()?;
+    match file.try_lock() {
+        Err(TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            Some(WalError::Locked { dir: data_dir.to_path_buf(), pid: holder.trim().parse().ok() })
+        }
+        _ => None,
+    }
+}
+
 fn lock_data_dir(data_dir: &Path) -> Result<File, WalError> {
     let path = data_dir.join(LOCK_FILE);
     let io = |err| WalError::Io { path: path.clone(), err };
