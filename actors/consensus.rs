@@ -18,12 +18,14 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use bytes::Bytes;
 use log::{info, warn};
 use tokio::sync::oneshot;
 
 use super::messages::{
     Apply, ClientRead, ClientWrite, GetStatus, InboundRpc, LogStatus, PeerEvent, PeerStatus, PersistBatch, Persisted,
     Purge, Restore, SendRpc, ServeRead, SnapshotInfo, SnapshotSaved, Status, TakeSnapshot, TakeSnapshotNow, Tick,
+    TransferDone, TransferFailed, TransferLeader,
 };
 use super::replicator::Replicator;
 use super::state_machine::StateMachineActor;
@@ -34,8 +36,8 @@ use crate::kv::Query;
 use crate::metrics::Metrics;
 use crate::raft::progress::ProgressState;
 use crate::raft::{
-    self, Entry, HardState, Index, Message as RaftMessage, NodeId, NotLeader, PersistOp, Raft, RequestId, Role,
-    SnapshotMeta, TickClock,
+    self, Entry, HardState, Index, Message as RaftMessage, MessageKind, NodeId, NotLeader, PersistOp, Raft, RequestId,
+    Role, SnapshotMeta, TickClock, TransferError,
 };
 use crate::snapshot::SnapshotDir;
 
@@ -99,6 +101,13 @@ pub struct ConsensusActor {
     /// Size of the latest snapshot file this node holds (written here or
     /// found at start-up), for the amortized policy.
     last_snapshot_bytes: u64,
+    // leadership transfer
+    /// Writes that arrived while this leader was handing over: proposed
+    /// here if the transfer is abandoned, sent on to the new leader (by
+    /// the HTTP layer) once one is known; never proposed twice.
+    held_writes: Vec<(Bytes, ClientReply)>,
+    /// Callers waiting for a transfer to end, with its target.
+    transfer_waiters: Vec<(NodeId, oneshot::Sender<Result<TransferDone, TransferFailed>>)>,
 }
 
 impl ConsensusActor {
@@ -169,6 +178,8 @@ impl ConsensusActor {
                 snapshot_waiters: Vec::new(),
                 last_snapshot: None,
                 last_snapshot_bytes: boot.snapshot_bytes,
+                held_writes: Vec::new(),
+                transfer_waiters: Vec::new(),
             }
         })
     }
@@ -236,6 +247,7 @@ impl ConsensusActor {
     fn flush(&mut self, ctx: &mut Context<Self>) {
         self.unflushed = 0;
         self.unflushed_since = None;
+        self.settle_transfer();
         let rd = self.raft.ready();
         if let Some(op) = rd.persist {
             self.storage_queue.push(op);
@@ -287,6 +299,60 @@ impl ConsensusActor {
         }
         self.maybe_snapshot();
         self.observe();
+    }
+
+    /// Proposes a client write, or holds it while a leadership transfer
+    /// runs (the core refuses proposals then).
+    fn propose_write(&mut self, command: Bytes, reply: ClientReply) {
+        let id = self.next_id();
+        match self.raft.propose(id, command.clone()) {
+            Ok(_) => {
+                self.metrics.proposals.fetch_add(1, Relaxed);
+                self.proposals.insert(id, reply);
+            }
+            Err(NotLeader::Transferring(_)) => self.held_writes.push((command, reply)),
+            Err(NotLeader::Leader(leader)) => {
+                let _ = reply.send(Err(ClientError::NotLeader { leader }));
+            }
+        }
+    }
+
+    /// After a leadership transfer: if this node still leads (the transfer
+    /// was abandoned), the held writes are proposed and the callers told it
+    /// timed out; once another node is known to lead, the held writes are
+    /// answered "not leader" with it (the HTTP layer forwards them) and the
+    /// callers told who leads. While no leader is known they wait.
+    fn settle_transfer(&mut self) {
+        if self.raft.transfer().is_some() || (self.held_writes.is_empty() && self.transfer_waiters.is_empty()) {
+            return;
+        }
+        let (role, leader, term) = (self.raft.role(), self.raft.leader_id(), self.raft.current_term());
+        let me = self.raft.id();
+        if role == Role::Leader {
+            for (target, reply) in self.transfer_waiters.drain(..) {
+                let _ = reply.send(Err(TransferFailed::TimedOut(target)));
+            }
+            for (command, reply) in std::mem::take(&mut self.held_writes) {
+                if !reply.is_closed() {
+                    self.propose_write(command, reply);
+                }
+            }
+        } else if let Some(l) = leader {
+            for (_, reply) in self.transfer_waiters.drain(..) {
+                let _ = reply.send(Ok(TransferDone { leader: l, previous_leader: me, term }));
+            }
+            for (_, reply) in self.held_writes.drain(..) {
+                let _ = reply.send(Err(ClientError::NotLeader { leader: Some(l) }));
+            }
+        } else {
+            self.held_writes.retain(|(_, reply)| !reply.is_closed());
+        }
+    }
+
+    /// The voter whose log matches this leader's furthest (the lowest id
+    /// among equals): the quickest to take over.
+    fn best_transfer_target(&self) -> Option<NodeId> {
+        self.raft.progress().iter().max_by_key(|&(&id, p)| (p.match_index, std::cmp::Reverse(id))).map(|(&id, _)| id)
     }
 
     /// The snapshot policy: once enough entries (or bytes) were applied
@@ -528,6 +594,9 @@ impl Handler<InboundRpc> for ConsensusActor {
         let id = self.next_id();
         msg.rpc_id = id;
         self.inbound.insert(id, reply);
+        if msg.body.kind() == MessageKind::TimeoutNow {
+            self.metrics.timeout_now_received.fetch_add(1, Relaxed);
+        }
         self.advance_clock();
         self.raft.step(msg);
         self.schedule_flush(ctx);
@@ -578,17 +647,8 @@ impl Handler<ClientWrite> for ConsensusActor {
     fn handle(&mut self, msg: ClientWrite, ctx: &mut Self::Context) {
         let Some(reply) = self.admit(msg.reply) else { return };
         self.advance_clock();
-        let id = self.next_id();
-        match self.raft.propose(id, msg.command) {
-            Ok(_) => {
-                self.metrics.proposals.fetch_add(1, Relaxed);
-                self.proposals.insert(id, reply);
-                self.schedule_flush(ctx);
-            }
-            Err(NotLeader::Leader(leader)) => {
-                let _ = reply.send(Err(ClientError::NotLeader { leader }));
-            }
-        }
+        self.propose_write(msg.command, reply);
+        self.schedule_flush(ctx);
     }
 }
 
@@ -608,6 +668,45 @@ impl Handler<ClientRead> for ConsensusActor {
             }
             Err(NotLeader::Leader(leader)) => {
                 let _ = reply.send(Err(ClientError::NotLeader { leader }));
+            }
+            // Reads are never refused for a transfer (only lease reads
+            // become ReadIndex reads); answered like any refusal.
+            Err(NotLeader::Transferring(_)) => {
+                let _ = reply.send(Err(ClientError::NotLeader { leader: self.raft.leader_id() }));
+            }
+        }
+    }
+}
+
+impl Handler<TransferLeader> for ConsensusActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: TransferLeader, ctx: &mut Self::Context) {
+        self.advance_clock();
+        let (me, term) = (self.raft.id(), self.raft.current_term());
+        if self.raft.role() != Role::Leader {
+            let _ = msg.reply.send(Err(TransferFailed::NotLeader(self.raft.leader_id())));
+            return;
+        }
+        let Some(target) = msg.to.or_else(|| self.best_transfer_target()) else {
+            let _ = msg.reply.send(Err(TransferFailed::NoOtherVoter));
+            return;
+        };
+        if target == me && self.raft.voters().contains(&me) {
+            let _ = msg.reply.send(Ok(TransferDone { leader: me, previous_leader: me, term }));
+            return;
+        }
+        match self.raft.transfer_leadership(target) {
+            Ok(()) => {
+                self.metrics.leader_transfers.fetch_add(1, Relaxed);
+                self.transfer_waiters.push((target, msg.reply));
+                self.schedule_flush(ctx);
+            }
+            Err(TransferError::NotAVoter(t)) => {
+                let _ = msg.reply.send(Err(TransferFailed::NotAVoter(t)));
+            }
+            Err(TransferError::NotLeader(l)) => {
+                let _ = msg.reply.send(Err(TransferFailed::NotLeader(l)));
             }
         }
     }

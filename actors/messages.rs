@@ -91,6 +91,43 @@ impl Message for TakeSnapshotNow {
     type Result = ();
 }
 
+/// HTTP (`POST /admin/transfer-leader`, or SIGTERM on a leader) →
+/// Consensus: hand leadership to `to` (or to the most up-to-date voter);
+/// answered once another node leads, or when the transfer fails.
+pub struct TransferLeader {
+    pub to: Option<NodeId>,
+    pub reply: oneshot::Sender<Result<TransferDone, TransferFailed>>,
+}
+
+impl Message for TransferLeader {
+    type Result = ();
+}
+
+/// A finished leadership transfer.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct TransferDone {
+    /// The node that leads now.
+    pub leader: NodeId,
+    /// The node that led when the transfer was asked for.
+    pub previous_leader: NodeId,
+    /// The new leader's term.
+    pub term: Term,
+}
+
+/// Why a leadership transfer did not happen.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TransferFailed {
+    /// This node does not lead; the one it knows of, if any.
+    NotLeader(Option<NodeId>),
+    /// `to` is not a voter of the cluster.
+    NotAVoter(NodeId),
+    /// A cluster of one: nobody to hand over to.
+    NoOtherVoter,
+    /// The target did not take over within an election timeout; this node
+    /// still leads.
+    TimedOut(NodeId),
+}
+
 /// Snapshotter → Consensus: a snapshot file is durable (or could not be
 /// written).
 pub struct SnapshotSaved {

@@ -105,6 +105,7 @@ impl Replicator {
             MessageKind::AppendEntries => "append_entries",
             MessageKind::Heartbeat => "heartbeat",
             MessageKind::PreVote | MessageKind::RequestVote => "request_vote",
+            MessageKind::TimeoutNow => "timeout_now",
             MessageKind::InstallSnapshot => return self.send_snapshot(msg, ctx),
             other => {
                 warn!(target: &self.target, "not a request, not sent: {}", other.as_str());
@@ -129,6 +130,7 @@ impl Replicator {
             match kind {
                 MessageKind::AppendEntries => m.append_entries_sent.fetch_add(1, Relaxed),
                 MessageKind::Heartbeat => m.heartbeats_sent.fetch_add(1, Relaxed),
+                MessageKind::TimeoutNow => 0,
                 _ => m.votes_sent.fetch_add(1, Relaxed),
             };
         }
@@ -198,6 +200,7 @@ impl Replicator {
                         match kind {
                             MessageKind::AppendEntries => m.append_entries_failed.fetch_add(1, Relaxed),
                             MessageKind::Heartbeat => m.heartbeats_failed.fetch_add(1, Relaxed),
+                            MessageKind::TimeoutNow => 0,
                             _ => m.votes_failed.fetch_add(1, Relaxed),
                         };
                     }

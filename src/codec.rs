@@ -141,6 +141,12 @@ const K_HEARTBEAT: u8 = 5;
 const K_HEARTBEAT_RESPONSE: u8 = 6;
 const K_INSTALL_SNAPSHOT: u8 = 7;
 const K_INSTALL_SNAPSHOT_RESPONSE: u8 = 8;
+const K_TIMEOUT_NOW: u8 = 9;
+const K_TIMEOUT_NOW_RESPONSE: u8 = 10;
+/// RequestVote flags, in the byte that was once only `pre_vote` (0 or 1),
+/// so the encoding of every vote without a transfer is unchanged.
+const VOTE_PRE: u8 = 1;
+const VOTE_TRANSFER: u8 = 2;
 /// The smallest encoded entry: index, term, kind.
 const MIN_ENTRY_BYTES: usize = 8 + 8 + 1;
 /// More voters than this in a snapshot's metadata is not a real cluster.
@@ -175,9 +181,9 @@ pub fn encode_message(m: &Message) -> Bytes {
     out.put_u64_le(m.term);
     out.put_u64_le(m.rpc_id);
     match &m.body {
-        Body::RequestVote { pre_vote, last_log_index, last_log_term } => {
+        Body::RequestVote { pre_vote, last_log_index, last_log_term, transfer } => {
             out.put_u8(K_REQUEST_VOTE);
-            put_bool(&mut out, *pre_vote);
+            out.put_u8(if *pre_vote { VOTE_PRE } else { 0 } | if *transfer { VOTE_TRANSFER } else { 0 });
             out.put_u64_le(*last_log_index);
             out.put_u64_le(*last_log_term);
         }
@@ -224,6 +230,11 @@ pub fn encode_message(m: &Message) -> Bytes {
             out.put_u8(K_INSTALL_SNAPSHOT_RESPONSE);
             out.put_u64_le(*match_index);
         }
+        Body::TimeoutNow => out.put_u8(K_TIMEOUT_NOW),
+        Body::TimeoutNowResponse { campaigned } => {
+            out.put_u8(K_TIMEOUT_NOW_RESPONSE);
+            put_bool(&mut out, *campaigned);
+        }
     }
     out.freeze()
 }
@@ -246,11 +257,18 @@ pub fn decode_message(buf: Bytes) -> Result<Message, DecodeError> {
     let term = r.u64("term")?;
     let rpc_id = r.u64("rpc id")?;
     let body = match r.u8("kind")? {
-        K_REQUEST_VOTE => Body::RequestVote {
-            pre_vote: r.bool("pre_vote")?,
-            last_log_index: r.u64("last_log_index")?,
-            last_log_term: r.u64("last_log_term")?,
-        },
+        K_REQUEST_VOTE => {
+            let flags = r.u8("vote flags")?;
+            if flags & !(VOTE_PRE | VOTE_TRANSFER) != 0 {
+                return Err(DecodeError(format!("unknown vote flags {flags:#04x}")));
+            }
+            Body::RequestVote {
+                pre_vote: flags & VOTE_PRE != 0,
+                last_log_index: r.u64("last_log_index")?,
+                last_log_term: r.u64("last_log_term")?,
+                transfer: flags & VOTE_TRANSFER != 0,
+            }
+        }
         K_REQUEST_VOTE_RESPONSE => {
             Body::RequestVoteResponse { pre_vote: r.bool("pre_vote")?, vote_granted: r.bool("vote_granted")? }
         }
@@ -292,6 +310,8 @@ pub fn decode_message(buf: Bytes) -> Result<Message, DecodeError> {
         K_HEARTBEAT_RESPONSE => Body::HeartbeatResponse { ctx: r.u64("ctx")? },
         K_INSTALL_SNAPSHOT => Body::InstallSnapshot { meta: get_snapshot_meta(&mut r)? },
         K_INSTALL_SNAPSHOT_RESPONSE => Body::InstallSnapshotResponse { match_index: r.u64("match_index")? },
+        K_TIMEOUT_NOW => Body::TimeoutNow,
+        K_TIMEOUT_NOW_RESPONSE => Body::TimeoutNowResponse { campaigned: r.bool("campaigned")? },
         k => return Err(DecodeError(format!("unknown message kind {k}"))),
     };
     r.finish("message")?;
@@ -372,7 +392,10 @@ mod tests {
     #[test]
     fn every_message_kind_roundtrips() {
         let base = |body| Message { from: 1, to: 2, term: 7, rpc_id: 99, body };
-        roundtrip(base(Body::RequestVote { pre_vote: true, last_log_index: 5, last_log_term: 3 }));
+        roundtrip(base(Body::RequestVote { pre_vote: true, last_log_index: 5, last_log_term: 3, transfer: false }));
+        roundtrip(base(Body::RequestVote { pre_vote: false, last_log_index: 5, last_log_term: 3, transfer: true }));
+        roundtrip(base(Body::TimeoutNow));
+        roundtrip(base(Body::TimeoutNowResponse { campaigned: true }));
         roundtrip(base(Body::RequestVoteResponse { pre_vote: false, vote_granted: true }));
         roundtrip(base(Body::AppendEntries {
             prev_log_index: 4,

@@ -95,6 +95,10 @@ pub struct Metrics {
     pub stable_index: AtomicU64,
     pub elections_started: AtomicU64,
     pub elections_won: AtomicU64,
+    /// Leadership transfers this node started as leader, and TimeoutNow
+    /// requests it received (each starts an election at once).
+    pub leader_transfers: AtomicU64,
+    pub timeout_now_received: AtomicU64,
     pub leader_changes: AtomicU64,
     pub pending_proposals: AtomicU64,
     pub pending_reads: AtomicU64,
@@ -155,6 +159,8 @@ impl Metrics {
             stable_index: AtomicU64::new(0),
             elections_started: AtomicU64::new(0),
             elections_won: AtomicU64::new(0),
+            leader_transfers: AtomicU64::new(0),
+            timeout_now_received: AtomicU64::new(0),
             leader_changes: AtomicU64::new(0),
             pending_proposals: AtomicU64::new(0),
             pending_reads: AtomicU64::new(0),
@@ -242,6 +248,18 @@ impl Metrics {
             self.elections_started.load(Relaxed),
         );
         c(&mut o, "raftkv_elections_won_total", "Elections this node won.", self.elections_won.load(Relaxed));
+        c(
+            &mut o,
+            "raftkv_leader_transfers_total",
+            "Leadership transfers this node started as leader.",
+            self.leader_transfers.load(Relaxed),
+        );
+        c(
+            &mut o,
+            "raftkv_timeout_now_received_total",
+            "TimeoutNow requests received: elections started at a leader's request.",
+            self.timeout_now_received.load(Relaxed),
+        );
         c(
             &mut o,
             "raftkv_leader_changes_total",

@@ -26,7 +26,7 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 
 use bytes::{Bytes, BytesMut};
 use raftkv::raft::{
-    Config, Entry, EntryData, HardState, Index, Message, NodeId, PersistOp, Raft, Ready, Role, SnapshotMeta,
+    Body, Config, Entry, EntryData, HardState, Index, Message, NodeId, PersistOp, Raft, Ready, Role, SnapshotMeta,
     SplitMix64, Term, TickClock, log_after_snapshot,
 };
 use raftkv::wal;
@@ -100,6 +100,8 @@ enum Input {
     Persisted(u64),
     RpcFailed(NodeId),
     Submit(u64, Op),
+    /// An operator asks this node to hand leadership to the given node.
+    Transfer(NodeId),
 }
 
 /// How the shell feeds time to the core.
@@ -285,6 +287,9 @@ struct Params {
     /// Take a snapshot once this many entries were applied since the last
     /// one, then compact the log keeping this many entries behind it.
     compaction: Option<(u64, u64)>,
+    /// The nemesis also asks leaders to hand over (off: the schedules of
+    /// the seeds are exactly those from before leadership transfer).
+    transfers: bool,
 }
 
 struct Sim {
@@ -340,6 +345,8 @@ struct Stats {
     snapshots_taken: u64,
     snapshots_installed: u64,
     unknown_answers: u64,
+    transfers: u64,
+    timeout_nows: u64,
 }
 
 fn entry_hash(e: &Entry) -> u64 {
@@ -383,6 +390,7 @@ impl Sim {
                     _ => Some(([3, 10, 30][r.below(3) as usize], [0, 2, 10][r.below(3) as usize])),
                 }
             },
+            transfers: clock_feed == ClockFeed::EveryInput,
         };
         let mut sim = Sim {
             seed,
@@ -678,10 +686,20 @@ impl Sim {
         }
         match input {
             Input::Tick => {}
-            Input::Deliver(m) => self.raft(id).step(m),
+            Input::Deliver(m) => {
+                if m.body == Body::TimeoutNow {
+                    self.stats.timeout_nows += 1;
+                }
+                self.raft(id).step(m)
+            }
             Input::Persisted(seq) => self.raft(id).on_persisted(seq),
             Input::RpcFailed(peer) => self.raft(id).report_unreachable(peer),
             Input::Submit(req, op) => self.propose(id, req, op),
+            Input::Transfer(target) => {
+                if self.raft(id).transfer_leadership(target).is_ok() {
+                    self.stats.transfers += 1;
+                }
+            }
         }
     }
 
@@ -1141,7 +1159,17 @@ impl Sim {
     fn nemesis(&mut self) {
         let n = self.params.nodes;
         let ids: Vec<NodeId> = (1..=n).collect();
-        match self.rng.below(12) {
+        match self.rng.below(if self.params.transfers { 14 } else { 12 }) {
+            12 | 13 => {
+                // An operator hands leadership over (to a node that may be
+                // behind, down or cut off: the transfer must then give up).
+                if let Some(l) = self.leader() {
+                    let target = ids[self.rng.below(n) as usize];
+                    if target != l {
+                        self.input(l, Input::Transfer(target));
+                    }
+                }
+            }
             10 | 11 => {
                 // Stall a node's thread (a long apply, a GC-like pause):
                 // its inputs queue up and are handled when it resumes.
@@ -1295,12 +1323,15 @@ fn run_share(nodes: u64, part: u64, parts: u64) {
         total.snapshots_taken += s.snapshots_taken;
         total.snapshots_installed += s.snapshots_installed;
         total.unknown_answers += s.unknown_answers;
+        total.transfers += s.transfers;
+        total.timeout_nows += s.timeout_nows;
     }
     eprintln!("{nodes} nodes, {seeds} seeds: {total:?}");
     assert!(total.acked_writes > seeds * 20, "clients made too little progress: {total:?}");
     assert!(total.reads_served > seeds * 5, "too few reads served: {total:?}");
     assert!(total.crashes > seeds, "the nemesis crashed too little: {total:?}");
     assert!(total.snapshots_installed > seeds / 4, "too few InstallSnapshots to mean anything: {total:?}");
+    assert!(total.timeout_nows > seeds / 4, "too few leadership transfers to mean anything: {total:?}");
 }
 
 #[test]

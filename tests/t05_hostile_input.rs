@@ -140,7 +140,9 @@ fn entry(index: u64, term: u64, data: &'static [u8]) -> Entry {
 fn messages() -> Vec<Message> {
     let meta = SnapshotMeta { index: 70, term: 6, voters: vec![1, 2, 3] };
     let bodies = vec![
-        Body::RequestVote { pre_vote: true, last_log_index: 9, last_log_term: 2 },
+        Body::RequestVote { pre_vote: true, last_log_index: 9, last_log_term: 2, transfer: false },
+        Body::TimeoutNow,
+        Body::TimeoutNowResponse { campaigned: false },
         Body::RequestVoteResponse { pre_vote: false, vote_granted: true },
         Body::AppendEntries {
             prev_log_index: 4,

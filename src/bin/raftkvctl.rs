@@ -99,6 +99,12 @@ enum Cmd {
         #[arg(long)]
         node: Option<String>,
     },
+    /// Hand leadership to node --to (default: the most up-to-date voter),
+    /// e.g. before taking the leader down; waits until it leads.
+    TransferLeader {
+        #[arg(long)]
+        to: Option<u64>,
+    },
     /// Show or change the per-actor log filter of the nodes.
     Log {
         #[command(subcommand)]
@@ -259,6 +265,23 @@ impl Ctl {
             }
             Cmd::Status => self.status(),
             Cmd::Snapshot { node } => self.snapshot(node.as_deref()),
+            Cmd::TransferLeader { to } => {
+                let body = match to {
+                    Some(id) => json!({"to": id}),
+                    None => json!({}),
+                };
+                let v = self.ok(self.send("POST", "/admin/transfer-leader", Some(&body))?)?;
+                Ok(self.render(&v, || {
+                    if v["leader"] == v["previous_leader"] {
+                        format!("node {} already leads (term {})", v["leader"], v["term"])
+                    } else {
+                        format!(
+                            "node {} leads now (term {}; was node {})",
+                            v["leader"], v["term"], v["previous_leader"]
+                        )
+                    }
+                }))
+            }
             Cmd::Token { action: TokenCmd::New { name, role } } => {
                 let Some(role) = raftkv::auth::Role::parse(role) else {
                     return Err(Failure::new(2, format!("role {role:?} is not read, write or admin")));

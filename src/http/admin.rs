@@ -1,14 +1,14 @@
 //! Operations endpoints: `/health`, `/ready`, `/status`, `/metrics`,
-//! `/admin/log`, `POST /admin/snapshot`.
+//! `/admin/log`, `POST /admin/snapshot`, `POST /admin/transfer-leader`.
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::{Value, json};
 
-use super::AppState;
-use super::client_api::read_body;
+use super::client_api::{FORWARDED_HEADER, forward, read_body};
 use super::errors::ApiError;
-use crate::actors::messages::{GetApplied, GetStatus, Status, TakeSnapshotNow};
+use super::{AppState, Forwarder};
+use crate::actors::messages::{GetApplied, GetStatus, Status, TakeSnapshotNow, TransferFailed, TransferLeader};
 use crate::auth::Role;
 use crate::logging;
 
@@ -69,6 +69,71 @@ pub async fn take_snapshot(req: HttpRequest, state: web::Data<AppState>) -> Resu
         }
         Ok(Err(e)) => Err(ApiError::internal(format!("the snapshot could not be written: {e}"))),
         Err(_) => Err(ApiError::no_leader("the node is shutting down")),
+    }
+}
+
+/// Hands leadership to `{"to": id}`, or with no body (or `{}`) to the
+/// most up-to-date voter; answers once another node leads. Any node takes
+/// it: a follower passes it on to the leader.
+pub async fn transfer_leader(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+    fwd: web::Data<Forwarder>,
+) -> Result<HttpResponse, ApiError> {
+    state.authorize(&req, Role::Admin)?;
+    let body = read_body(&req, payload, 64 * 1024, state.settings.request_read_timeout).await?;
+    let to = parse_transfer_target(&body)?;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let down = |_| ApiError::no_leader("the node is shutting down");
+    state.node.consensus.send(TransferLeader { to, reply: tx }).await.map_err(down)?;
+    let id = state.settings.id;
+    match rx.await.map_err(|_| ApiError::no_leader("the node is shutting down"))? {
+        Ok(done) => Ok(HttpResponse::Ok().json(done)),
+        Err(TransferFailed::NotLeader(Some(leader))) if !req.headers().contains_key(FORWARDED_HEADER) => {
+            forward(&state, &fwd, &req, body, leader).await
+        }
+        Err(TransferFailed::NotLeader(leader)) => Err(ApiError::no_leader(match leader {
+            Some(l) => format!("node {id} is not the leader and the request was already forwarded; leader is {l}"),
+            None => "no leader is known right now; retry shortly".to_string(),
+        })),
+        Err(TransferFailed::NotAVoter(t)) => {
+            Err(ApiError::bad_request("unknown_member", format!("node {t} is not a voting member of the cluster")))
+        }
+        Err(TransferFailed::NoOtherVoter) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "no_other_voter",
+            "this cluster has a single voter: there is nobody to hand leadership to",
+        )),
+        Err(TransferFailed::TimedOut(t)) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "transfer_timed_out",
+            format!(
+                "node {t} did not take over within an election timeout; node {id} still leads and takes writes again"
+            ),
+        )),
+    }
+}
+
+/// The body of `POST /admin/transfer-leader`: empty, `{}` or `{"to": id}`.
+fn parse_transfer_target(body: &[u8]) -> Result<Option<u64>, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    let v: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request("invalid_json", format!("the body is not valid JSON: {e}")))?;
+    let Some(obj) = v.as_object() else {
+        return Err(ApiError::bad_request("invalid_json", "the body must be a JSON object like {\"to\": 2}"));
+    };
+    if let Some(k) = obj.keys().find(|k| k.as_str() != "to") {
+        return Err(ApiError::bad_request("unknown_field", format!("unknown field '{k}' (accepted: to)")));
+    }
+    match obj.get("to") {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => match v.as_u64() {
+            Some(id) if id > 0 => Ok(Some(id)),
+            _ => Err(ApiError::bad_request("invalid_field", format!("'to' must be a positive node id, not {v}"))),
+        },
     }
 }
 

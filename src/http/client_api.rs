@@ -313,7 +313,7 @@ where
 }
 
 /// Relays the request to the leader and its answer back.
-async fn forward(
+pub(super) async fn forward(
     state: &AppState,
     fwd: &Forwarder,
     req: &HttpRequest,

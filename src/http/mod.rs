@@ -5,9 +5,10 @@
 //!
 //! Routes, grouped:
 //! * client API (`client_api.rs`): `/kv/{key}`, `/kv?prefix=`
-//! * operations (`admin.rs`): `/health`, `/ready`, `/status`, `/metrics`, `/admin/log`, `/admin/snapshot`
+//! * operations (`admin.rs`): `/health`, `/ready`, `/status`, `/metrics`, `/admin/log`, `/admin/snapshot`,
+//!   `/admin/transfer-leader`
 //! * Raft internal (`raft_rpc.rs`): `/raft/request_vote`, `/raft/append_entries`, `/raft/heartbeat`,
-//!   `/raft/install_snapshot` (chunks of a snapshot file)
+//!   `/raft/timeout_now`, `/raft/install_snapshot` (chunks of a snapshot file)
 //!
 //! Slow clients: a body must arrive within `--request-read-timeout-ms` of
 //! its head (`client_api::read_body`, 408), actix times the first head and
@@ -27,7 +28,7 @@ use std::time::{Duration, Instant};
 use actix_web::dev::Service;
 use actix_web::http::StatusCode;
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
-use log::debug;
+use log::{debug, info, warn};
 
 use crate::actors::NodeHandles;
 use crate::auth::{self, Role};
@@ -162,6 +163,8 @@ fn route_name(req: &HttpRequest) -> &'static str {
         Some("/metrics") => "/metrics",
         Some("/admin/log") => "/admin/log",
         Some("/admin/snapshot") => "/admin/snapshot",
+        Some("/admin/transfer-leader") => "/admin/transfer-leader",
+        Some("/raft/timeout_now") => "/raft/timeout_now",
         Some("/raft/install_snapshot") => "/raft/install_snapshot",
         Some("/raft/request_vote") => "/raft/request_vote",
         Some("/raft/append_entries") => "/raft/append_entries",
@@ -222,11 +225,16 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .default_service(web::to(method_not_allowed)),
     )
     .service(
+        web::resource("/admin/transfer-leader")
+            .route(web::post().to(admin::transfer_leader))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
         web::resource("/raft/install_snapshot")
             .route(web::post().to(raft_rpc::install_snapshot))
             .default_service(web::to(method_not_allowed)),
     );
-    for kind in ["request_vote", "append_entries", "heartbeat"] {
+    for kind in ["request_vote", "append_entries", "heartbeat", "timeout_now"] {
         cfg.service(
             web::resource(format!("/raft/{kind}"))
                 .route(web::post().to(raft_rpc::handle))
@@ -236,7 +244,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 }
 
 /// Serves on `listener` (bound to `settings.listen`) until the process is
-/// asked to stop.
+/// asked to stop (SIGTERM or SIGINT; see `stop_on_signal`).
 pub async fn serve(
     settings: Settings,
     listener: std::net::TcpListener,
@@ -245,8 +253,12 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let workers = settings.http_workers;
     let read_timeout = settings.request_read_timeout;
+    let (id, consensus) = (settings.id, node.consensus.clone());
+    // The core abandons a transfer after one election timeout; the rest is
+    // room for the answer and for the new leader to make itself known.
+    let handover_limit = 3 * settings.election_timeout + Duration::from_secs(1);
     let state = web::Data::new(AppState { settings, node, in_flight: AtomicUsize::new(0) });
-    HttpServer::new(move || {
+    let server = HttpServer::new(move || {
         let metrics = metrics.clone();
         App::new()
             .app_data(state.clone())
@@ -286,7 +298,55 @@ pub async fn serve(
     // read timeout without a request in progress.
     .on_connect(move |conn, data| conn_watch::on_connect(conn, data, 2 * read_timeout))
     .shutdown_timeout(1)
+    .disable_signals()
     .listen(listener)?
-    .run()
-    .await
+    .run();
+    actix_web::rt::spawn(stop_on_signal(server.handle(), consensus, id, handover_limit));
+    server.await
+}
+
+/// On SIGTERM or SIGINT a leader first hands leadership to the most
+/// up-to-date voter (TimeoutNow: the cluster has a new leader within a
+/// round trip or two, instead of an election timeout without one), then
+/// the server stops; a follower stops at once. A second signal, or no
+/// handover within `limit`, stops it without waiting further.
+async fn stop_on_signal(
+    server: actix_web::dev::ServerHandle,
+    consensus: actix::Addr<crate::actors::consensus::ConsensusActor>,
+    id: u64,
+    limit: Duration,
+) {
+    use crate::actors::messages::{TransferFailed, TransferLeader};
+    use actix_web::rt::signal::unix::{SignalKind, signal};
+    const T: &str = "raftkv::consensus";
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        warn!(target: T, "node {id} cannot watch for SIGTERM/SIGINT; a signal will stop it without a handover");
+        return;
+    };
+    let name = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    if consensus.send(TransferLeader { to: None, reply: tx }).await.is_ok() {
+        tokio::select! {
+            r = tokio::time::timeout(limit, rx) => match r {
+                Ok(Ok(Ok(done))) => info!(
+                    target: T,
+                    "node {id} received {name}: handed leadership to node {} (term {}); stopping",
+                    done.leader,
+                    done.term
+                ),
+                Ok(Ok(Err(TransferFailed::NotLeader(_)))) => info!(target: T, "node {id} received {name}; stopping"),
+                Ok(Ok(Err(e))) => warn!(target: T, "node {id} received {name}: no leadership handover ({e:?}); stopping"),
+                Ok(Err(_)) | Err(_) => warn!(
+                    target: T,
+                    "node {id} received {name}: leadership handover not done within {limit:?}; stopping"
+                ),
+            },
+            _ = term.recv() => warn!(target: T, "node {id}: second signal; stopping without waiting for the handover"),
+            _ = int.recv() => warn!(target: T, "node {id}: second signal; stopping without waiting for the handover"),
+        }
+    }
+    server.stop(true).await;
 }

@@ -1,5 +1,5 @@
 //! Raft RPCs between peers: `POST /raft/request_vote`, `/raft/append_entries`,
-//! `/raft/heartbeat`, `/raft/install_snapshot`. Bodies are the binary
+//! `/raft/heartbeat`, `/raft/timeout_now`, `/raft/install_snapshot`. Bodies are the binary
 //! encoding of `codec.rs`; the response body is the core's answer, sent
 //! once the state it reflects is durable. Internal: peers use these,
 //! clients do not.
@@ -38,6 +38,7 @@ pub async fn handle(
         "/raft/append_entries" => msg.body.kind() == MessageKind::AppendEntries,
         "/raft/heartbeat" => msg.body.kind() == MessageKind::Heartbeat,
         "/raft/request_vote" => matches!(msg.body.kind(), MessageKind::RequestVote | MessageKind::PreVote),
+        "/raft/timeout_now" => msg.body.kind() == MessageKind::TimeoutNow,
         _ => false,
     };
     if !expected {

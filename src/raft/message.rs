@@ -1,6 +1,7 @@
 //! The RPCs of figure 2 (RequestVote, AppendEntries), InstallSnapshot
-//! (figure 13), the pre-vote of the dissertation (§9.6) and a leader
-//! heartbeat that carries no entries.
+//! (figure 13), the pre-vote of the dissertation (§9.6), TimeoutNow for
+//! leadership transfer (§3.10) and a leader heartbeat that carries no
+//! entries.
 //!
 //! Every request gets exactly one response from the core, carrying the
 //! request's `rpc_id`, so a transport that speaks request/response (HTTP)
@@ -27,6 +28,10 @@ pub enum Body {
         pre_vote: bool,
         last_log_index: Index,
         last_log_term: Term,
+        /// The leader of the previous term asked for this election
+        /// (TimeoutNow): voters grant it even while they hear from that
+        /// leader, which otherwise makes them refuse (§3.10, §4.2.3).
+        transfer: bool,
     },
     RequestVoteResponse {
         pre_vote: bool,
@@ -77,6 +82,13 @@ pub enum Body {
         /// index if that was already at or past the snapshot.
         match_index: Index,
     },
+    /// Leadership transfer (§3.10): the leader has brought the receiver's
+    /// log up to its own and asks it to start an election now.
+    TimeoutNow,
+    /// The receiver started that election (or could not: not a voter).
+    TimeoutNowResponse {
+        campaigned: bool,
+    },
 }
 
 impl Body {
@@ -88,6 +100,7 @@ impl Body {
                 | Body::AppendEntries { .. }
                 | Body::Heartbeat { .. }
                 | Body::InstallSnapshot { .. }
+                | Body::TimeoutNow
         )
     }
 
@@ -103,6 +116,8 @@ impl Body {
             Body::HeartbeatResponse { .. } => MessageKind::HeartbeatResponse,
             Body::InstallSnapshot { .. } => MessageKind::InstallSnapshot,
             Body::InstallSnapshotResponse { .. } => MessageKind::InstallSnapshotResponse,
+            Body::TimeoutNow => MessageKind::TimeoutNow,
+            Body::TimeoutNowResponse { .. } => MessageKind::TimeoutNowResponse,
         }
     }
 }
@@ -120,6 +135,8 @@ pub enum MessageKind {
     HeartbeatResponse,
     InstallSnapshot,
     InstallSnapshotResponse,
+    TimeoutNow,
+    TimeoutNowResponse,
 }
 
 impl MessageKind {
@@ -135,6 +152,8 @@ impl MessageKind {
             MessageKind::HeartbeatResponse => "heartbeat_response",
             MessageKind::InstallSnapshot => "install_snapshot",
             MessageKind::InstallSnapshotResponse => "install_snapshot_response",
+            MessageKind::TimeoutNow => "timeout_now",
+            MessageKind::TimeoutNowResponse => "timeout_now_response",
         }
     }
 }

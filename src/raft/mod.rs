@@ -35,5 +35,5 @@ mod tests;
 pub use clock::TickClock;
 pub use log::{LogAfterSnapshot, log_after_snapshot};
 pub use message::{Body, Message, MessageKind};
-pub use node::{Config, NotLeader, PersistOp, Raft, Ready, SplitMix64, replication_target};
+pub use node::{Config, NotLeader, PersistOp, Raft, Ready, SplitMix64, Transfer, TransferError, replication_target};
 pub use types::{Entry, EntryData, HardState, Index, NodeId, RequestId, Role, SnapshotMeta, Term};

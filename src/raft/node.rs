@@ -1,5 +1,6 @@
 //! The Raft rules: figure 2 of the paper, with pre-vote and check-quorum
-//! from the dissertation (§9.6, §6.2) and ReadIndex reads (§6.4).
+//! from the dissertation (§9.6, §6.2), ReadIndex reads (§6.4) and
+//! leadership transfer (§3.10).
 //!
 //! `Raft` does no IO, reads no clock and draws no randomness of its own:
 //! time arrives as `tick()`, messages as `step()`, storage acknowledgements
@@ -81,6 +82,29 @@ impl Config {
 pub enum NotLeader {
     /// The leader this node knows of, if any.
     Leader(Option<NodeId>),
+    /// This node is the leader but is handing leadership to the given
+    /// node: new proposals are refused (never appended) until the transfer
+    /// ends, so the target's log can catch up with a log that stands still.
+    Transferring(NodeId),
+}
+
+/// A leadership transfer that could not start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TransferError {
+    /// Only the leader transfers; the one this node knows of, if any.
+    NotLeader(Option<NodeId>),
+    /// The target is not a voter of the cluster.
+    NotAVoter(NodeId),
+}
+
+/// A leadership transfer under way (leader only).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Transfer {
+    pub target: NodeId,
+    /// Ticks since it began; it is abandoned after an election timeout.
+    pub elapsed: u64,
+    /// TimeoutNow has gone out to the target.
+    pub timeout_now_sent: bool,
 }
 
 /// Storage must make these changes durable, in this order, then call
@@ -223,6 +247,14 @@ pub struct Raft {
     snapshot: SnapshotMeta,
     /// A snapshot installed since the last `ready()`, for the state machine.
     installed: Option<SnapshotMeta>,
+    /// Leader: the leadership transfer under way, if any.
+    transfer: Option<Transfer>,
+    /// Leader: TimeoutNow went out in this term, so another leader may be
+    /// elected at any moment without waiting out an election timeout (its
+    /// voters disregard this leader on purpose). The lease is void for the
+    /// rest of the term, even if the transfer is abandoned: a TimeoutNow
+    /// still on the wire can start that election later.
+    lease_void: bool,
 
     // --- Output ---
     durability: Durability,
@@ -279,6 +311,8 @@ impl Raft {
             broadcast_pending: false,
             snapshot,
             installed: None,
+            transfer: None,
+            lease_void: false,
             durability: Durability::new(stable),
             msgs: Vec::new(),
             gated: VecDeque::new(),
@@ -350,6 +384,11 @@ impl Raft {
     pub fn pending_reads(&self) -> usize {
         self.read_only.pending_len()
     }
+    /// The leadership transfer under way, if this node is a leader handing over.
+    pub fn transfer(&self) -> Option<Transfer> {
+        self.transfer
+    }
+
     pub fn pending_proposals(&self) -> usize {
         self.proposals.len() + self.orphans.len()
     }
@@ -440,7 +479,7 @@ impl Raft {
                     self.current_term,
                     fmt_opt(self.leader_id)
                 );
-                self.campaign(self.cfg.pre_vote);
+                self.campaign(self.cfg.pre_vote, false);
             }
         }
     }
@@ -450,6 +489,19 @@ impl Raft {
     fn tick_heartbeat(&mut self) {
         self.heartbeat_elapsed += 1;
         self.election_elapsed += 1;
+        if let Some(t) = &mut self.transfer {
+            t.elapsed += 1;
+            if t.elapsed >= self.cfg.election_ticks {
+                warn!(
+                    target: T_ELECTION,
+                    "node {} abandons the leadership transfer to {} at term {}: not done within an election timeout",
+                    self.id,
+                    t.target,
+                    self.current_term
+                );
+                self.transfer = None;
+            }
+        }
         if self.election_elapsed >= self.cfg.election_ticks {
             self.election_elapsed = 0;
             if self.cfg.check_quorum {
@@ -497,8 +549,65 @@ impl Raft {
     pub fn campaign_now(&mut self) {
         if self.role != Role::Leader && self.voters.contains(self.id) {
             self.election_elapsed = 0;
-            self.campaign(self.cfg.pre_vote);
+            self.campaign(self.cfg.pre_vote, false);
         }
+    }
+
+    /// Leadership transfer (§3.10): hands leadership to `target`, a voter.
+    /// New proposals are refused from now on; the target's log is brought
+    /// up to this leader's, then it gets TimeoutNow and starts an election
+    /// it wins without waiting out a timeout. Abandoned after an election
+    /// timeout (proposals are taken again). Transferring to oneself, or to
+    /// the target of the transfer already under way, changes nothing.
+    pub fn transfer_leadership(&mut self, target: NodeId) -> Result<(), TransferError> {
+        if self.role != Role::Leader {
+            return Err(TransferError::NotLeader(self.leader_id));
+        }
+        if !self.voters.contains(target) {
+            return Err(TransferError::NotAVoter(target));
+        }
+        if target == self.id || self.transfer.is_some_and(|t| t.target == target) {
+            return Ok(());
+        }
+        if let Some(t) = self.transfer {
+            info!(target: T_ELECTION, "node {} drops the leadership transfer to {} for one to {target}", self.id, t.target);
+        }
+        let matched = self.progress.get(&target).map_or(0, |p| p.match_index);
+        info!(
+            target: T_ELECTION,
+            "node {} transferring leadership to {target} at term {} (its log matches up to {matched} of {})",
+            self.id,
+            self.current_term,
+            self.log.last_index()
+        );
+        self.transfer = Some(Transfer { target, elapsed: 0, timeout_now_sent: false });
+        if !self.maybe_send_timeout_now() {
+            self.send_append(target);
+        }
+        Ok(())
+    }
+
+    /// Sends TimeoutNow to the transfer's target once its log (durably)
+    /// matches this leader's. Returns whether it went out now.
+    fn maybe_send_timeout_now(&mut self) -> bool {
+        let Some(t) = self.transfer else { return false };
+        let caught_up = self.progress.get(&t.target).is_some_and(|p| p.match_index >= self.log.last_index());
+        if t.timeout_now_sent || !caught_up {
+            return false;
+        }
+        info!(
+            target: T_ELECTION,
+            "node {} sends TimeoutNow to {} at term {}: its log matches up to {}",
+            self.id,
+            t.target,
+            self.current_term,
+            self.log.last_index()
+        );
+        self.transfer = Some(Transfer { timeout_now_sent: true, ..t });
+        self.lease_void = true;
+        let m = Message { from: self.id, to: t.target, term: self.current_term, rpc_id: 0, body: Body::TimeoutNow };
+        self.send(m);
+        true
     }
 
     /// Ends the boot lease at once (tests that build nodes from saved state).
@@ -513,6 +622,9 @@ impl Raft {
     pub fn propose(&mut self, id: RequestId, data: Bytes) -> Result<Index, NotLeader> {
         if self.role != Role::Leader {
             return Err(NotLeader::Leader(self.leader_id));
+        }
+        if let Some(t) = self.transfer {
+            return Err(NotLeader::Transferring(t.target));
         }
         let index = self.append_entry(EntryData::Command(data));
         self.proposals.insert(index, id);
@@ -546,6 +658,8 @@ impl Raft {
         }
         let lease = self.cfg.election_ticks.saturating_sub(2);
         let valid = self.cfg.check_quorum
+            && !self.lease_void
+            && self.transfer.is_none()
             && self.committed_in_current_term()
             && self.read_only.lease_from.is_some_and(|from| self.now - from < lease);
         if valid {
@@ -598,8 +712,8 @@ impl Raft {
         // refined by pre-vote and check-quorum. ---
         if m.term > self.current_term {
             match &m.body {
-                Body::RequestVote { pre_vote, .. } => {
-                    if self.in_lease() {
+                Body::RequestVote { pre_vote, transfer, .. } => {
+                    if !*transfer && self.in_lease() {
                         // We hear from a leader: this candidate cannot win
                         // and must not disrupt it (§6.2 of the dissertation).
                         info!(
@@ -620,7 +734,10 @@ impl Raft {
                 }
                 // A granted pre-vote carries the term the candidate will use.
                 Body::RequestVoteResponse { pre_vote: true, vote_granted: true } => {}
-                Body::AppendEntries { .. } | Body::Heartbeat { .. } | Body::InstallSnapshot { .. } => {
+                Body::AppendEntries { .. }
+                | Body::Heartbeat { .. }
+                | Body::InstallSnapshot { .. }
+                | Body::TimeoutNow => {
                     self.become_follower(m.term, Some(m.from));
                 }
                 _ => self.become_follower(m.term, None),
@@ -636,6 +753,7 @@ impl Raft {
                 Body::Heartbeat { .. } => self.respond(&m, Body::HeartbeatResponse { ctx: 0 }),
                 Body::InstallSnapshot { .. } => self.respond(&m, Body::InstallSnapshotResponse { match_index: 0 }),
                 Body::RequestVote { .. } => self.respond_vote(&m, false),
+                Body::TimeoutNow => self.respond(&m, Body::TimeoutNowResponse { campaigned: false }),
                 _ => trace!(target: T_CONSENSUS, "node {} drops stale {:?} from {}", self.id, m.body.kind(), m.from),
             }
             return;
@@ -650,6 +768,10 @@ impl Raft {
             MessageKind::HeartbeatResponse => self.handle_heartbeat_response(m),
             MessageKind::InstallSnapshot => self.handle_install_snapshot(m),
             MessageKind::InstallSnapshotResponse => self.handle_install_snapshot_response(m),
+            MessageKind::TimeoutNow => self.handle_timeout_now(m),
+            MessageKind::TimeoutNowResponse => {
+                debug!(target: T_ELECTION, "node {} <- {}: {:?}", self.id, m.from, m.body);
+            }
         }
     }
 
@@ -738,6 +860,7 @@ impl Raft {
             );
             if self.role == Role::Leader {
                 self.progress.clear();
+                self.transfer = None;
                 let failed = self.read_only.reset();
                 self.failed_reads.extend(failed);
             }
@@ -762,8 +885,9 @@ impl Raft {
         }
     }
 
-    /// Start an election, or a pre-vote round that asks whether one could be won.
-    fn campaign(&mut self, pre_vote: bool) {
+    /// Start an election, or a pre-vote round that asks whether one could
+    /// be won. `transfer`: the leader asked for it (TimeoutNow).
+    fn campaign(&mut self, pre_vote: bool, transfer: bool) {
         let term = if pre_vote {
             self.set_role(Role::PreCandidate);
             self.current_term + 1
@@ -783,13 +907,23 @@ impl Raft {
             target: T_ELECTION,
             "node {} starts {} for term {} (last log {}/{})",
             self.id,
-            if pre_vote { "pre-vote" } else { "election" },
+            if pre_vote {
+                "pre-vote"
+            } else if transfer {
+                "election (leadership transfer)"
+            } else {
+                "election"
+            },
             term,
             self.log.last_index(),
             self.log.last_term()
         );
-        let body =
-            Body::RequestVote { pre_vote, last_log_index: self.log.last_index(), last_log_term: self.log.last_term() };
+        let body = Body::RequestVote {
+            pre_vote,
+            last_log_index: self.log.last_index(),
+            last_log_term: self.log.last_term(),
+            transfer,
+        };
         let voters: Vec<NodeId> = self.voters.voters().iter().copied().collect();
         for v in voters {
             if v == self.id {
@@ -824,6 +958,7 @@ impl Raft {
         self.progress =
             self.voters.voters().iter().filter(|&&v| v != self.id).map(|&v| (v, Progress::new(next, now))).collect();
         self.read_only = ReadOnly::default();
+        self.lease_void = false;
         // §5.4.2 / §8: a new leader commits an entry of its own term.
         self.append_entry(EntryData::Noop);
         // Announce ourselves at once rather than at the next heartbeat.
@@ -844,7 +979,7 @@ impl Raft {
     // ------------------------------------------------------------------
 
     fn handle_request_vote(&mut self, m: Message) {
-        let Body::RequestVote { pre_vote, last_log_index, last_log_term } = m.body else { unreachable!() };
+        let Body::RequestVote { pre_vote, last_log_index, last_log_term, .. } = m.body else { unreachable!() };
         let can_vote = if pre_vote {
             // A pre-vote is granted for a future term only; it changes nothing here.
             m.term > self.current_term
@@ -911,7 +1046,7 @@ impl Raft {
                 let from: Vec<NodeId> = self.votes.iter().filter(|&(_, &g)| g).map(|(&id, _)| id).collect();
                 if pre_vote {
                     info!(target: T_ELECTION, "node {} won pre-vote for term {} with {:?}", self.id, self.current_term + 1, from);
-                    self.campaign(false);
+                    self.campaign(false, false);
                 } else {
                     info!(target: T_ELECTION, "node {} won election at term {} with votes from {:?}", self.id, self.current_term, from);
                     self.become_leader();
@@ -1101,6 +1236,25 @@ impl Raft {
         self.respond(&m, Body::InstallSnapshotResponse { match_index });
     }
 
+    /// The leader of our term has brought our log up to its own and asks
+    /// us to take over: campaign now, without pre-vote (§3.10).
+    fn handle_timeout_now(&mut self, m: Message) {
+        if self.role == Role::Leader || !self.voters.contains(self.id) {
+            self.respond(&m, Body::TimeoutNowResponse { campaigned: false });
+            return;
+        }
+        info!(
+            target: T_ELECTION,
+            "node {} got TimeoutNow from leader {} at term {}: starting an election now",
+            self.id,
+            m.from,
+            self.current_term
+        );
+        self.campaign(false, true);
+        // Carries the new term: the old leader steps down when it arrives.
+        self.respond(&m, Body::TimeoutNowResponse { campaigned: true });
+    }
+
     fn handle_heartbeat(&mut self, m: Message) {
         assert_ne!(self.role, Role::Leader, "two leaders at term {}", self.current_term);
         self.heard_from_leader(m.from);
@@ -1231,6 +1385,7 @@ impl Raft {
             p.become_probe();
         }
         self.maybe_commit();
+        self.maybe_send_timeout_now();
         self.send_append(m.from);
     }
 
@@ -1259,6 +1414,7 @@ impl Raft {
                 debug!(target: target, "replication to {}: probe -> replicate at {}", m.from, p.next_index);
             }
             self.maybe_commit();
+            self.maybe_send_timeout_now();
         } else {
             // Fast back-tracking: skip the follower's whole conflicting term.
             let hint = match conflict_term {

@@ -217,7 +217,7 @@ fn a_server_votes_at_most_once_per_term() {
         to: 1,
         term: 1,
         rpc_id: from,
-        body: Body::RequestVote { pre_vote: false, last_log_index: 0, last_log_term: 0 },
+        body: Body::RequestVote { pre_vote: false, last_log_index: 0, last_log_term: 0, transfer: false },
     };
     r.step(req(2));
     let rd = r.ready();
@@ -247,7 +247,7 @@ fn vote_is_persisted_before_it_is_granted() {
         to: 1,
         term: 5,
         rpc_id: 42,
-        body: Body::RequestVote { pre_vote: false, last_log_index: 0, last_log_term: 0 },
+        body: Body::RequestVote { pre_vote: false, last_log_index: 0, last_log_term: 0, transfer: false },
     });
     let rd = r.ready();
     let op = rd.persist.expect("vote must be persisted");
@@ -851,4 +851,181 @@ fn committed_entries_are_handed_out_in_bounded_chunks() {
     assert_eq!(chunks.iter().sum::<usize>(), 100);
     assert!(chunks.iter().all(|&n| n <= 10), "{chunks:?}");
     assert_eq!(r.applied(), 100);
+}
+
+// ---------------------------------------------------------------------------
+// Leadership transfer (§3.10 of the dissertation)
+// ---------------------------------------------------------------------------
+
+/// §3.10: "the prior leader sends a TimeoutNow request to the target
+/// server ... the target server starts a new election" — and wins it at
+/// once: no node waits out an election timeout, and the old leader follows.
+#[test]
+fn transfer_to_an_up_to_date_follower_makes_it_leader_without_a_timeout() {
+    let mut net = Net::new(&[1, 2, 3]);
+    net.elect(1);
+    net.node(1).propose(1, cmd("a")).unwrap();
+    net.settle();
+    net.node(1).transfer_leadership(3).unwrap();
+    net.settle();
+    assert_eq!(leader_of(&net), vec![3]);
+    for r in net.nodes.values() {
+        assert_eq!(r.current_term(), 2, "one election, one term");
+        assert_eq!(r.leader_id(), Some(3));
+    }
+    let vote =
+        net.trace.iter().find(|m| m.from == 3 && matches!(m.body, Body::RequestVote { .. })).expect("a vote request");
+    assert!(matches!(vote.body, Body::RequestVote { pre_vote: false, transfer: true, .. }), "{vote:?}");
+    // The new leader serves: its own no-op and a new write commit everywhere.
+    net.node(3).propose(2, cmd("b")).unwrap();
+    net.settle();
+    assert_eq!(net.nodes[&3].commit_index(), 4, "noop(1) a noop(2) b");
+    assert!(net.nodes.values().all(|r| r.last_index() == 4));
+}
+
+/// A target that is behind is first brought up to the leader's log; only
+/// then does it get TimeoutNow (so it can win: §5.4.1). Meanwhile the
+/// leader refuses new proposals, so that the log it must reach stands
+/// still, and it never appends them.
+#[test]
+fn transfer_to_a_lagging_follower_catches_it_up_first_and_refuses_proposals_meanwhile() {
+    let mut net = Net::new(&[1, 2, 3]);
+    net.elect(1);
+    net.cut.insert((1, 3));
+    for i in 0..5 {
+        net.node(1).propose(i, cmd("x")).unwrap();
+    }
+    net.settle();
+    net.node(1).report_unreachable(3); // as the transport does
+    assert!(net.nodes[&3].last_index() < net.nodes[&1].last_index());
+    net.node(1).transfer_leadership(3).unwrap();
+    net.settle();
+    assert_eq!(net.nodes[&1].role(), Role::Leader, "link cut: nothing reached 3 yet");
+    let last = net.nodes[&1].last_index();
+    assert_eq!(net.node(1).propose(99, cmd("late")), Err(NotLeader::Transferring(3)));
+    assert_eq!(net.nodes[&1].last_index(), last, "a refused proposal is not appended");
+    assert!(!net.trace.iter().any(|m| m.body == Body::TimeoutNow), "no TimeoutNow before 3 caught up");
+    net.heal();
+    net.tick_all(H);
+    assert_eq!(leader_of(&net), vec![3]);
+    assert_eq!(net.nodes[&3].current_term(), 2);
+    assert!(net.nodes[&3].log().term(last).is_some(), "3 holds everything 1 had");
+}
+
+/// A transfer that cannot finish (the target is unreachable) is abandoned
+/// after an election timeout; the leader stays and takes proposals again.
+#[test]
+fn a_transfer_to_an_unreachable_target_is_abandoned_after_an_election_timeout() {
+    let mut net = Net::new(&[1, 2, 3]);
+    net.elect(1);
+    net.node(1).propose(1, cmd("a")).unwrap();
+    net.cut.insert((1, 3));
+    net.settle();
+    net.node(1).transfer_leadership(3).unwrap();
+    net.tick_all(E - 1);
+    assert!(net.nodes[&1].transfer().is_some());
+    assert!(matches!(net.node(1).propose(2, cmd("b")), Err(NotLeader::Transferring(3))));
+    net.tick_all(1);
+    assert_eq!(net.nodes[&1].transfer(), None);
+    assert_eq!(net.nodes[&1].role(), Role::Leader);
+    assert!(net.node(1).propose(3, cmd("c")).is_ok());
+}
+
+/// Voters that hear from a live leader refuse ordinary candidates (§4.2.3),
+/// but grant the vote of a transfer, which that leader asked for.
+#[test]
+fn a_transfer_vote_is_granted_despite_the_leader_lease_an_ordinary_one_is_not() {
+    let mut net = Net::new(&[1, 2, 3]);
+    net.elect(1);
+    net.settle();
+    let last = net.nodes[&2].last_index();
+    let term = net.nodes[&2].log().last_term();
+    let vote = |transfer| Message {
+        from: 3,
+        to: 2,
+        term: 2,
+        rpc_id: 7,
+        body: Body::RequestVote { pre_vote: false, last_log_index: last, last_log_term: term, transfer },
+    };
+    net.node(2).step(vote(false));
+    let rd = net.node(2).ready();
+    assert!(rd.messages.iter().any(|m| m.body == Body::RequestVoteResponse { pre_vote: false, vote_granted: false }));
+    assert_eq!(net.nodes[&2].current_term(), 1, "an ignored candidate does not move the term");
+    net.node(2).step(vote(true));
+    let op = net.node(2).ready().persist.expect("the vote is persisted");
+    net.node(2).on_persisted(op.seq);
+    let rd = net.node(2).ready();
+    assert!(rd.messages.iter().any(|m| m.body == Body::RequestVoteResponse { pre_vote: false, vote_granted: true }));
+    assert_eq!(net.nodes[&2].voted_for(), Some(3));
+}
+
+/// Once TimeoutNow is out, a new leader can be elected at any moment, so
+/// the old leader's lease proves nothing for the rest of its term — even
+/// after it abandons the transfer (the TimeoutNow may still be on the way).
+/// Its lease reads fall back to ReadIndex, which a deposed leader cannot
+/// complete.
+#[test]
+fn after_timeout_now_the_old_leader_serves_no_lease_read_for_the_rest_of_its_term() {
+    let mut net = Net::new(&[1, 2, 3]);
+    net.elect(1);
+    net.tick_all(H);
+    net.node(1).read_lease(1).unwrap();
+    net.settle();
+    assert_eq!(net.applied[&1].reads.len(), 1, "lease valid: served at once");
+    // TimeoutNow goes out, but is lost; the transfer is abandoned.
+    net.cut.insert((1, 3));
+    net.node(1).transfer_leadership(3).unwrap();
+    let rd = net.node(1).ready();
+    assert!(rd.messages.iter().any(|m| m.to == 3 && m.body == Body::TimeoutNow));
+    net.tick_all(E);
+    assert_eq!(net.nodes[&1].transfer(), None);
+    net.heal();
+    net.tick_all(H);
+    net.isolate(1);
+    net.node(1).read_lease(2).unwrap();
+    net.settle();
+    assert_eq!(net.applied[&1].reads.len(), 1, "no lease read after TimeoutNow: it waits for a round");
+    net.heal();
+    net.tick_all(H);
+    assert_eq!(net.applied[&1].reads.len(), 2, "ReadIndex completes once a majority answers");
+}
+
+/// Only the leader transfers, and only to a voter.
+#[test]
+fn transfer_errors_name_the_leader_or_the_unknown_target() {
+    let mut net = Net::new(&[1, 2, 3]);
+    net.elect(1);
+    assert_eq!(net.node(2).transfer_leadership(3), Err(TransferError::NotLeader(Some(1))));
+    assert_eq!(net.node(1).transfer_leadership(9), Err(TransferError::NotAVoter(9)));
+    assert_eq!(net.node(1).transfer_leadership(1), Ok(()));
+    assert_eq!(net.nodes[&1].transfer(), None, "to itself: nothing to do");
+}
+
+/// The schedule the lease rule is for: TimeoutNow reaches 3, which wins
+/// with 2's vote and commits a write, while nothing from 2 or 3 reaches the
+/// old leader 1 — which still holds a lease it renewed a moment ago. Its
+/// lease read must not be served at its old commit index (it would miss
+/// the acknowledged write); as a ReadIndex read it fails once 1 hears of
+/// the new term.
+#[test]
+fn a_leader_that_sent_timeout_now_does_not_serve_a_stale_lease_read() {
+    let mut net = Net::new(&[1, 2, 3]);
+    net.elect(1);
+    net.tick_all(H);
+    net.node(1).transfer_leadership(3).unwrap();
+    net.cut.insert((3, 1));
+    net.cut.insert((2, 1));
+    net.settle();
+    assert_eq!(net.nodes[&3].role(), Role::Leader);
+    assert_eq!(net.nodes[&1].role(), Role::Leader, "1 has heard nothing yet");
+    net.node(3).propose(7, cmd("new")).unwrap();
+    net.settle();
+    let acked = net.applied[&3].proposals.iter().find(|&&(_, id)| id == 7).expect("the write is acknowledged").0;
+    net.node(1).read_lease(8).unwrap();
+    net.settle();
+    assert!(net.applied[&1].reads.iter().all(|&(id, _)| id != 8), "a lease read was served below index {acked}");
+    net.heal();
+    net.tick_all(H);
+    assert!(net.applied[&1].failed_reads.contains(&8));
+    assert_ne!(net.nodes[&1].role(), Role::Leader);
 }

@@ -27,6 +27,20 @@ impl Proc {
         self.child.as_ref().map_or(0, |c| c.id())
     }
 
+    /// `kill -TERM`, without waiting for the process to exit.
+    pub fn terminate(&mut self) {
+        if let Some(c) = &self.child {
+            let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+        }
+    }
+
+    /// Waits for the process to exit (after `terminate`).
+    pub fn wait(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.wait();
+        }
+    }
+
     /// `kill -9` and reap.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -46,5 +46,11 @@ fn bench_measures_every_load_and_the_recovery_time() {
     }
     assert!(rows.iter().any(|r| r[1] == "GET stale/serializable" && r[3] == "raftkv"));
     assert!(md.contains("Leader `kill -9` → first acknowledged write"), "{md}");
+    assert!(
+        md.contains(
+            "Leader `SIGTERM` (hands leadership over, then exits) → first acknowledged write (1 stops): median"
+        ),
+        "{md}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -66,6 +66,16 @@ fn cpu_seconds(pid: u32) -> f64 {
     ticks / 100.0
 }
 
+/// "median M ms, max X ms (a, b, c)" of some durations.
+fn spread(d: &mut [Duration]) -> String {
+    d.sort();
+    let all: Vec<String> = d.iter().map(|d| d.as_millis().to_string()).collect();
+    match (d.get(d.len() / 2), d.last()) {
+        (Some(m), Some(x)) => format!("median {} ms, max {} ms ({})", m.as_millis(), x.as_millis(), all.join(", ")),
+        _ => "none".to_string(),
+    }
+}
+
 /// What the nodes say about themselves, and the end of their logs: printed
 /// when the recovery measurement gives up, so a failure explains itself.
 fn diagnose(http: &HttpClient, addrs: &[String], logs: &[PathBuf]) -> String {
@@ -402,39 +412,54 @@ fn main() {
         }
     }
 
-    // --- recovery: kill -9 the leader, time the first acknowledged write ---
+    // --- recovery: stop the leader (kill -9, or SIGTERM: it hands over
+    // first), time the first acknowledged write through a survivor ---
     let mut recoveries = Vec::new();
-    for k in 0..kills {
+    let mut handovers = Vec::new();
+    for k in 0..2 * kills {
+        let graceful = k >= kills;
+        let how = if graceful { "SIGTERM" } else { "kill -9" };
         let leader = raftkv_leader(&http, &raft_addrs).expect("a leader");
         let survivor = (leader + 1) % 3;
         let writer = HttpClient::new(Duration::from_secs(3));
-        let killed_at = Instant::now();
-        raft[leader].kill();
+        let stopped_at = Instant::now();
+        if graceful {
+            // Not waited for: the first write may be acknowledged while
+            // the old leader is still on its way out.
+            raft[leader].terminate();
+        } else {
+            raft[leader].kill();
+        }
         let mut n = 0;
         let mut last: String;
         let took = loop {
             n += 1;
             let r = writer.put_json(&raft_addrs[survivor], &format!("/kv/recovery{k}-{n}"), &json!({"value": "v"}));
             match r {
-                Ok(r) if r.status == 200 => break killed_at.elapsed(),
+                Ok(r) if r.status == 200 => break stopped_at.elapsed(),
                 Ok(r) => last = format!("HTTP {}: {}", r.status, String::from_utf8_lossy(&r.body)),
                 Err(e) => last = format!("error: {e}"),
             }
-            if killed_at.elapsed() > Duration::from_secs(30) {
+            if stopped_at.elapsed() > Duration::from_secs(30) {
                 let logs: Vec<PathBuf> = (1..=3)
                     .map(|i| dir.join(format!("raftkv{i}.log")))
                     .chain((0..k).map(|j| dir.join(format!("raftkv{}-{j}.log", leader + 1))))
                     .collect();
                 panic!(
-                    "no write acknowledged 30 s after the kill of node {} ({n} tries; the last: {last})\n{}",
+                    "no write acknowledged 30 s after the {how} of node {} ({n} tries; the last: {last})\n{}",
                     leader + 1,
                     diagnose(&http, &raft_addrs, &logs)
                 );
             }
             std::thread::sleep(Duration::from_millis(2));
         };
-        eprintln!("kill -9 leader {} -> first acknowledged write after {} ms", leader + 1, took.as_millis());
-        recoveries.push(took);
+        eprintln!("{how} leader {} -> first acknowledged write after {} ms", leader + 1, took.as_millis());
+        if graceful {
+            handovers.push(took);
+            raft[leader].wait();
+        } else {
+            recoveries.push(took);
+        }
         raft[leader] = Proc::spawn(
             &format!("raftkv{}", leader + 1),
             &mut raft_cmd(leader + 1),
@@ -444,9 +469,6 @@ fn main() {
             raft_addrs.iter().all(|a| http.get(a, "/ready").is_ok_and(|r| r.status == 200))
         });
     }
-    recoveries.sort();
-    let median = recoveries[recoveries.len() / 2];
-    let max = *recoveries.last().unwrap();
 
     // --- report ---
     let cpu = fs::read_to_string("/proc/cpuinfo")
@@ -507,11 +529,15 @@ fn main() {
     }
     let _ = writeln!(
         md,
-        "\nLeader `kill -9` → first acknowledged write (default settings, {} kills): median {} ms, max {} ms ({}).",
+        "\nLeader `kill -9` → first acknowledged write (default settings, {} kills): {}.",
         recoveries.len(),
-        median.as_millis(),
-        max.as_millis(),
-        recoveries.iter().map(|d| format!("{}", d.as_millis())).collect::<Vec<_>>().join(", ")
+        spread(&mut recoveries)
+    );
+    let _ = writeln!(
+        md,
+        "Leader `SIGTERM` (hands leadership over, then exits) → first acknowledged write ({} stops): {}.",
+        handovers.len(),
+        spread(&mut handovers)
     );
     print!("{md}");
     if args.report.as_os_str() != "-" {
