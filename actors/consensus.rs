@@ -148,6 +148,7 @@ impl ConsensusActor {
                 check_quorum: true,
                 seed: rand::random(),
                 max_apply_bytes: 1 << 20,
+                promote_max_lag: 1000,
             };
             let raft = Raft::restart(cfg, boot.hard_state, boot.snapshot, boot.entries);
             let observed = (raft.role(), raft.current_term(), raft.leader_id());

@@ -62,7 +62,9 @@ impl Handler<Apply> for StateMachineActor {
         let mut waiting = msg.waiting.into_iter().peekable();
         for e in msg.entries {
             let result = match e.data {
-                EntryData::Noop => {
+                // A configuration is the consensus core's; the store only
+                // moves its applied index past it.
+                EntryData::Noop | EntryData::Config(_) => {
                     self.store.skip(e.index);
                     None
                 }

@@ -8,7 +8,9 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
-use crate::raft::{Body, Entry, EntryData, Message, SnapshotMeta};
+use std::collections::BTreeMap;
+
+use crate::raft::{Body, Entry, EntryData, Member, Membership, Message, SnapshotMeta};
 
 /// Version of the peer message encoding.
 pub const MESSAGE_VERSION: u8 = 1;
@@ -107,6 +109,7 @@ pub fn put_bool(out: &mut BytesMut, b: bool) {
 
 const ENTRY_NOOP: u8 = 0;
 const ENTRY_COMMAND: u8 = 1;
+const ENTRY_CONFIG: u8 = 2;
 
 pub fn put_entry(out: &mut BytesMut, e: &Entry) {
     out.put_u64_le(e.index);
@@ -117,7 +120,39 @@ pub fn put_entry(out: &mut BytesMut, e: &Entry) {
             out.put_u8(ENTRY_COMMAND);
             put_bytes(out, b);
         }
+        EntryData::Config(m) => {
+            out.put_u8(ENTRY_CONFIG);
+            put_members(out, m);
+        }
     }
+}
+
+/// A configuration: member count (u32), then per member id (u64), voter
+/// (u8) and address (length-prefixed).
+fn put_members(out: &mut BytesMut, m: &Membership) {
+    out.put_u32_le(u32::try_from(m.members.len()).expect("fewer than 4G members"));
+    for (id, member) in &m.members {
+        out.put_u64_le(*id);
+        put_bool(out, member.voter);
+        put_bytes(out, member.address.as_bytes());
+    }
+}
+
+fn get_members(r: &mut Reader) -> Result<Membership, DecodeError> {
+    let n = r.u32("member count")?;
+    if n > MAX_VOTERS {
+        return Err(DecodeError(format!("a configuration of {n} members (at most {MAX_VOTERS})")));
+    }
+    let mut members = BTreeMap::new();
+    for _ in 0..n {
+        let id = r.u64("member id")?;
+        let voter = r.bool("member voter flag")?;
+        let address = r.string("member address")?;
+        if id == 0 || members.insert(id, Member { address, voter }).is_some() {
+            return Err(DecodeError(format!("a configuration with member id {id} invalid or twice")));
+        }
+    }
+    Ok(Membership { members })
 }
 
 pub fn get_entry(r: &mut Reader) -> Result<Entry, DecodeError> {
@@ -126,6 +161,7 @@ pub fn get_entry(r: &mut Reader) -> Result<Entry, DecodeError> {
     let data = match r.u8("entry kind")? {
         ENTRY_NOOP => EntryData::Noop,
         ENTRY_COMMAND => EntryData::Command(r.bytes("entry data")?),
+        ENTRY_CONFIG => EntryData::Config(get_members(r)?),
         k => return Err(DecodeError(format!("unknown entry kind {k}"))),
     };
     Ok(Entry { index, term, data })
@@ -152,25 +188,31 @@ const MIN_ENTRY_BYTES: usize = 8 + 8 + 1;
 /// More voters than this in a snapshot's metadata is not a real cluster.
 const MAX_VOTERS: u32 = 1024;
 
-/// A snapshot's metadata: index, term, voter count (u32), voters.
+/// Set in the u32 after index and term: the configuration follows in
+/// full (`put_members`). Without it, the u32 is a voter count followed by
+/// that many voter ids: the format before configuration changes, still read.
+const META_MEMBERS: u32 = 1 << 31;
+
+/// A snapshot's metadata: index, term, `META_MEMBERS`, the configuration.
 pub fn put_snapshot_meta(out: &mut BytesMut, meta: &SnapshotMeta) {
     out.put_u64_le(meta.index);
     out.put_u64_le(meta.term);
-    out.put_u32_le(u32::try_from(meta.voters.len()).expect("fewer than 4G voters"));
-    for v in &meta.voters {
-        out.put_u64_le(*v);
-    }
+    out.put_u32_le(META_MEMBERS);
+    put_members(out, &meta.membership);
 }
 
 pub fn get_snapshot_meta(r: &mut Reader) -> Result<SnapshotMeta, DecodeError> {
     let index = r.u64("snapshot index")?;
     let term = r.u64("snapshot term")?;
     let n = r.u32("voter count")?;
+    if n == META_MEMBERS {
+        return Ok(SnapshotMeta { index, term, membership: get_members(r)? });
+    }
     if n > MAX_VOTERS {
         return Err(DecodeError(format!("snapshot metadata lists {n} voters (at most {MAX_VOTERS})")));
     }
     let voters = (0..n).map(|_| r.u64("voter")).collect::<Result<Vec<_>, _>>()?;
-    Ok(SnapshotMeta { index, term, voters })
+    Ok(SnapshotMeta { index, term, membership: Membership::from_voters(voters) })
 }
 
 pub fn encode_message(m: &Message) -> Bytes {
@@ -375,7 +417,7 @@ mod tests {
 
     #[test]
     fn snapshot_chunks_roundtrip_and_never_run_past_the_file() {
-        let meta = SnapshotMeta { index: 40, term: 3, voters: vec![1, 2, 3] };
+        let meta = SnapshotMeta { index: 40, term: 3, membership: Membership::from_voters([1, 2, 3]) };
         let m = Message { from: 1, to: 2, term: 3, rpc_id: 9, body: Body::InstallSnapshot { meta } };
         let enc = encode_snapshot_chunk(&m, 100, 150, b"0123456789");
         let c = decode_snapshot_chunk(enc.clone()).unwrap();
@@ -417,7 +459,9 @@ mod tests {
         }));
         roundtrip(base(Body::Heartbeat { commit: 12, ctx: 13 }));
         roundtrip(base(Body::HeartbeatResponse { ctx: 13 }));
-        roundtrip(base(Body::InstallSnapshot { meta: SnapshotMeta { index: 70, term: 6, voters: vec![1, 2, 3] } }));
+        roundtrip(base(Body::InstallSnapshot {
+            meta: SnapshotMeta { index: 70, term: 6, membership: Membership::from_voters([1, 2, 3]) },
+        }));
         roundtrip(base(Body::InstallSnapshotResponse { match_index: 70 }));
     }
 

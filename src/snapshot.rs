@@ -7,7 +7,7 @@
 //! ```text
 //! magic     8 bytes  "RKVSNAP1" (the format version is part of the magic)
 //! meta_len  u32 LE   at most 1 MiB
-//! meta      meta_len bytes: codec::put_snapshot_meta (index, term, voters)
+//! meta      meta_len bytes: codec::put_snapshot_meta (index, term, configuration)
 //! body_len  u64 LE
 //! body      body_len bytes, opaque state-machine data
 //! crc32     u32 LE   crc32fast over every byte before it (magic..body)
@@ -519,9 +519,8 @@ impl Staging {
             return Err(corrupt(
                 &self.path,
                 format!(
-                    "it holds the snapshot at index {}, term {}, voters {:?}, but index {}, term {}, voters {:?} \
-                     was announced",
-                    m.index, m.term, m.voters, want.index, want.term, want.voters
+                    "it holds the snapshot at index {}, term {}, {}, but index {}, term {}, {} was announced",
+                    m.index, m.term, m.membership, want.index, want.term, want.membership
                 ),
             ));
         }
@@ -573,7 +572,7 @@ pub fn read_chunk(file: &mut File, offset: u64, max: usize) -> io::Result<Vec<u8
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::raft::SplitMix64;
+    use crate::raft::{Member, Membership, SplitMix64};
     use std::sync::atomic::{AtomicU64, Ordering};
 
     /// A fresh directory under the system temp dir, removed on drop.
@@ -596,7 +595,7 @@ mod tests {
     }
 
     fn meta(index: u64, term: u64) -> SnapshotMeta {
-        SnapshotMeta { index, term, voters: vec![1, 2, 3] }
+        SnapshotMeta { index, term, membership: Membership::from_voters([1, 2, 3]) }
     }
 
     fn body(n: usize) -> Vec<u8> {
@@ -617,14 +616,36 @@ mod tests {
 
     /// The format, written out by hand.
     fn expected_file(m: &SnapshotMeta, data: &[u8]) -> Vec<u8> {
-        let mut f = SNAP_MAGIC.to_vec();
-        f.extend_from_slice(&(20 + 8 * m.voters.len() as u32).to_le_bytes());
-        f.extend_from_slice(&m.index.to_le_bytes());
-        f.extend_from_slice(&m.term.to_le_bytes());
-        f.extend_from_slice(&(m.voters.len() as u32).to_le_bytes());
-        for v in &m.voters {
-            f.extend_from_slice(&v.to_le_bytes());
+        let mut meta = Vec::new();
+        meta.extend_from_slice(&m.index.to_le_bytes());
+        meta.extend_from_slice(&m.term.to_le_bytes());
+        meta.extend_from_slice(&(1u32 << 31).to_le_bytes());
+        meta.extend_from_slice(&(m.membership.members.len() as u32).to_le_bytes());
+        for (id, member) in &m.membership.members {
+            meta.extend_from_slice(&id.to_le_bytes());
+            meta.push(member.voter as u8);
+            meta.extend_from_slice(&(member.address.len() as u32).to_le_bytes());
+            meta.extend_from_slice(member.address.as_bytes());
         }
+        file_with_meta(&meta, data)
+    }
+
+    /// A file from before configuration changes: its metadata lists voter ids only.
+    fn legacy_file(index: u64, term: u64, voters: &[u64], data: &[u8]) -> Vec<u8> {
+        let mut meta = Vec::new();
+        meta.extend_from_slice(&index.to_le_bytes());
+        meta.extend_from_slice(&term.to_le_bytes());
+        meta.extend_from_slice(&(voters.len() as u32).to_le_bytes());
+        for v in voters {
+            meta.extend_from_slice(&v.to_le_bytes());
+        }
+        file_with_meta(&meta, data)
+    }
+
+    fn file_with_meta(meta: &[u8], data: &[u8]) -> Vec<u8> {
+        let mut f = SNAP_MAGIC.to_vec();
+        f.extend_from_slice(&(meta.len() as u32).to_le_bytes());
+        f.extend_from_slice(meta);
         f.extend_from_slice(&(data.len() as u64).to_le_bytes());
         f.extend_from_slice(data);
         let crc = crc32fast::hash(&f);
@@ -646,6 +667,17 @@ mod tests {
     }
 
     #[test]
+    fn a_file_from_before_configuration_changes_still_loads() {
+        let tmp = TempDir::new("legacy");
+        let dir = SnapshotDir::open(&tmp.0).unwrap();
+        let path = dir.path().join("00000000000000000010-00000000000000000002.snap");
+        fs::write(&path, legacy_file(10, 2, &[1, 2, 3], b"state")).unwrap();
+        let snap = dir.latest().unwrap().unwrap();
+        assert_eq!(snap.meta, SnapshotMeta { index: 10, term: 2, membership: Membership::from_voters([1, 2, 3]) });
+        assert_eq!(&snap.data[..], b"state");
+    }
+
+    #[test]
     fn write_then_latest_roundtrips_and_keeps_the_newest() {
         let tmp = TempDir::new("roundtrip");
         let dir = SnapshotDir::open(&tmp.0).unwrap();
@@ -656,7 +688,9 @@ mod tests {
 
         // Larger than the write buffer, written in small pieces.
         let data = body(600_000);
-        let m = SnapshotMeta { index: 10, term: 2, voters: vec![1, 2, 3] };
+        let mut membership = Membership::from_voters([1, 2, 3]);
+        membership.members.insert(4, Member { address: "127.0.0.4:7004".into(), voter: false });
+        let m = SnapshotMeta { index: 10, term: 2, membership };
         let saved = dir
             .write(&m, 2, |w| {
                 for c in data.chunks(1000) {
@@ -726,7 +760,7 @@ mod tests {
         let saved = put(&dir, &m, 1, b"a small body");
         let path = saved.path;
         let good = fs::read(&path).unwrap();
-        assert_eq!(good.len(), 8 + 4 + 44 + 8 + 12 + 4);
+        assert_eq!(good.len(), 8 + 4 + 63 + 8 + 12 + 4);
 
         for i in 0..good.len() {
             for flip in [0x01, 0x80, 0xFF] {
@@ -909,7 +943,9 @@ mod tests {
         assert_eq!(names(dst.path()), only_prior);
 
         // Intact bytes, but not the snapshot that was announced.
-        for announced in [meta(50, 5), meta(51, 4), SnapshotMeta { index: 50, term: 4, voters: vec![1, 2] }] {
+        for announced in
+            [meta(50, 5), meta(51, 4), SnapshotMeta { index: 50, term: 4, membership: Membership::from_voters([1, 2]) }]
+        {
             let mut st = dst.receive(&announced).unwrap();
             send(&sent.path, &mut st, 512);
             let msg = st.finish(1).unwrap_err().to_string();

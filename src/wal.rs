@@ -27,7 +27,7 @@
 //!
 //! `crc32` covers kind and payload. Kinds: 1 hard state (term, vote),
 //! 2 log entry, 3 truncate-from, 4 commit marker, 5 snapshot installed
-//! (index, term, voters: the log now starts after that index), 6 base
+//! (index, term, configuration: the log now starts after that index), 6 base
 //! (an index, u64 LE: the log's last index when the segment was started;
 //! the entries that follow in the segment continue after it). Each persist
 //! batch (one [`WalWriter::append`], one fdatasync, see [`encode_batch`])
@@ -1037,7 +1037,7 @@ pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::raft::{EntryData, SplitMix64};
+    use crate::raft::{EntryData, Membership, SplitMix64};
 
     fn tmpdir(name: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("raftkv-wal-{name}-{}", std::process::id()));
@@ -1100,7 +1100,7 @@ mod tests {
 
     #[test]
     fn an_installed_snapshot_resets_the_log_and_later_records_follow_it() {
-        let meta = SnapshotMeta { index: 8, term: 2, voters: vec![1, 2, 3] };
+        let meta = SnapshotMeta { index: 8, term: 2, membership: Membership::from_voters([1, 2, 3]) };
         let install = PersistOp {
             seq: 2,
             hard_state: Some(hs(3, 0)),
@@ -1852,7 +1852,7 @@ mod tests {
     #[test]
     fn an_installed_snapshot_then_rollover_and_purge_recovers_its_base() {
         let dir = tmpdir("snapseg");
-        let meta = SnapshotMeta { index: 20, term: 3, voters: vec![1, 2, 3] };
+        let meta = SnapshotMeta { index: 20, term: 3, membership: Membership::from_voters([1, 2, 3]) };
         let install = PersistOp {
             seq: 3,
             hard_state: Some(hs(3, 0)),

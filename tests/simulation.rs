@@ -26,8 +26,8 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 
 use bytes::{Bytes, BytesMut};
 use raftkv::raft::{
-    Body, Config, Entry, EntryData, HardState, Index, Message, NodeId, PersistOp, Raft, Ready, Role, SnapshotMeta,
-    SplitMix64, Term, TickClock, log_after_snapshot,
+    Body, ConfChange, Config, Entry, EntryData, HardState, Index, Membership, Message, NodeId, PersistOp, Raft, Ready,
+    Role, SnapshotMeta, SplitMix64, Term, TickClock, log_after_snapshot,
 };
 use raftkv::wal;
 
@@ -102,6 +102,8 @@ enum Input {
     Submit(u64, Op),
     /// An operator asks this node to hand leadership to the given node.
     Transfer(NodeId),
+    /// An operator asks this node for a configuration change.
+    Change(ConfChange),
 }
 
 /// How the shell feeds time to the core.
@@ -290,6 +292,8 @@ struct Params {
     /// The nemesis also asks leaders to hand over (off: the schedules of
     /// the seeds are exactly those from before leadership transfer).
     transfers: bool,
+    /// The nemesis also adds, promotes and removes members.
+    membership: bool,
 }
 
 struct Sim {
@@ -322,6 +326,8 @@ struct Sim {
     dropped: BTreeSet<u64>,
     /// Requests whose write is in the committed log.
     committed_requests: BTreeSet<u64>,
+    /// The configurations in the committed log, by index (0: the bootstrap one).
+    committed_confs: BTreeMap<Index, Membership>,
     /// Every snapshot any node took, by (index, term): what InstallSnapshot
     /// carries (the transport's part).
     snapshots: HashMap<(Index, Term), SimSnapshot>,
@@ -347,6 +353,8 @@ struct Stats {
     unknown_answers: u64,
     transfers: u64,
     timeout_nows: u64,
+    conf_changes_proposed: u64,
+    conf_changes_committed: u64,
 }
 
 fn entry_hash(e: &Entry) -> u64 {
@@ -355,6 +363,7 @@ fn entry_hash(e: &Entry) -> u64 {
     match &e.data {
         EntryData::Noop => 0u8.hash(&mut h),
         EntryData::Command(b) => b.hash(&mut h),
+        EntryData::Config(m) => format!("{m:?}").hash(&mut h),
     }
     h.finish()
 }
@@ -391,6 +400,7 @@ impl Sim {
                 }
             },
             transfers: clock_feed == ClockFeed::EveryInput,
+            membership: clock_feed == ClockFeed::EveryInput,
         };
         let mut sim = Sim {
             seed,
@@ -410,6 +420,7 @@ impl Sim {
             history: BTreeMap::new(),
             dropped: BTreeSet::new(),
             committed_requests: BTreeSet::new(),
+            committed_confs: BTreeMap::from([(0, Membership::from_voters(1..=nodes))]),
             snapshots: HashMap::new(),
             pending: BTreeMap::new(),
             next_request: 1,
@@ -461,6 +472,7 @@ impl Sim {
             check_quorum: true,
             seed: self.rng.next_u64(),
             max_apply_bytes: 256,
+            promote_max_lag: 5,
         }
     }
 
@@ -543,6 +555,12 @@ impl Sim {
         self.nodes.get_mut(&id).unwrap().raft.as_mut().unwrap()
     }
 
+    /// The members of the latest committed configuration (removed nodes
+    /// stop hearing from the leader, so they are not waited for).
+    fn members(&self) -> Vec<NodeId> {
+        self.committed_confs.last_key_value().unwrap().1.members.keys().copied().collect()
+    }
+
     fn leader(&self) -> Option<NodeId> {
         self.nodes
             .values()
@@ -561,7 +579,7 @@ impl Sim {
             let ev = self.payloads.remove(&key).unwrap();
             self.handle(ev);
             if let Some(idx) = self.liveness_index
-                && self.nodes.values().all(|n| n.raft.is_some() && n.applied >= idx)
+                && self.members().iter().all(|id| self.nodes[id].raft.is_some() && self.nodes[id].applied >= idx)
             {
                 return;
             }
@@ -695,6 +713,13 @@ impl Sim {
             Input::Persisted(seq) => self.raft(id).on_persisted(seq),
             Input::RpcFailed(peer) => self.raft(id).report_unreachable(peer),
             Input::Submit(req, op) => self.propose(id, req, op),
+            Input::Change(change) => {
+                let req = self.next_request;
+                self.next_request += 1;
+                if self.raft(id).propose_conf_change(req, change).is_ok() {
+                    self.stats.conf_changes_proposed += 1;
+                }
+            }
             Input::Transfer(target) => {
                 if self.raft(id).transfer_leadership(target).is_ok() {
                     self.stats.transfers += 1;
@@ -834,6 +859,13 @@ impl Sim {
             self.fail(format!(
                 "node {id} {what} a snapshot at {i} holding {:?}; the committed log says {want:?}",
                 snap.kv
+            ));
+        }
+        let conf = self.committed_confs.range(..=i).next_back().unwrap().1;
+        if &snap.meta.membership != conf {
+            self.fail(format!(
+                "node {id} {what} a snapshot at {i} with configuration {}; the committed log says {conf}",
+                snap.meta.membership
             ));
         }
         if let Some(known) = self.snapshots.get(&(i, snap.meta.term))
@@ -1002,6 +1034,10 @@ impl Sim {
             }
         } else {
             self.committed.push((e.term, h));
+            if let EntryData::Config(m) = &e.data {
+                self.committed_confs.insert(e.index, m.clone());
+                self.stats.conf_changes_committed += 1;
+            }
             if let EntryData::Command(b) = &e.data {
                 let s = std::str::from_utf8(b).unwrap();
                 let (k, v) = s.split_once('=').unwrap();
@@ -1109,11 +1145,20 @@ impl Sim {
         if p.node != id || p.incarnation != self.nodes[&id].incarnation {
             return;
         }
-        // Acknowledged only once durable on a majority.
+        // Acknowledged only once durable on a majority: of the voters of
+        // the configuration at its index, or of the one in force on the
+        // leader now (a change appended after it, before it committed).
         let term = self.committed[index as usize - 1].0;
-        let holders = self.nodes.values().filter(|n| n.disk.holds(index, term)).count() as u64;
-        if holders < self.params.nodes / 2 + 1 {
-            self.fail(format!("write {req} at {index} acknowledged while durable on only {holders} nodes"));
+        let at_index: BTreeSet<NodeId> = self.committed_confs.range(..=index).next_back().unwrap().1.voters().collect();
+        let now: BTreeSet<NodeId> = self.raft(id).membership().voters().collect();
+        let majority_holds = |voters: &BTreeSet<NodeId>| {
+            let holders = voters.iter().filter(|v| self.nodes[v].disk.holds(index, term)).count();
+            holders > voters.len() / 2
+        };
+        if !majority_holds(&at_index) && !majority_holds(&now) {
+            self.fail(format!(
+                "write {req} at {index} acknowledged while durable on no majority of {at_index:?} or {now:?}"
+            ));
         }
         self.max_acked_index = self.max_acked_index.max(index);
         self.stats.acked_writes += 1;
@@ -1159,7 +1204,31 @@ impl Sim {
     fn nemesis(&mut self) {
         let n = self.params.nodes;
         let ids: Vec<NodeId> = (1..=n).collect();
-        match self.rng.below(if self.params.transfers { 14 } else { 12 }) {
+        let kinds = if self.params.membership {
+            16
+        } else if self.params.transfers {
+            14
+        } else {
+            12
+        };
+        match self.rng.below(kinds) {
+            14 | 15 => {
+                // An operator changes the membership: adds a node that is
+                // not a member as a learner, promotes a learner, removes a
+                // member (the leader too). The core refuses what is unsafe.
+                if let Some(l) = self.leader() {
+                    let target = ids[self.rng.below(n) as usize];
+                    let m = self.raft(l).membership().clone();
+                    let change = if !m.contains(target) {
+                        ConfChange::AddLearner { id: target, address: format!("n{target}") }
+                    } else if m.is_learner(target) && self.rng.chance(0.7) {
+                        ConfChange::Promote { id: target }
+                    } else {
+                        ConfChange::Remove { id: target }
+                    };
+                    self.input(l, Input::Change(change));
+                }
+            }
             12 | 13 => {
                 // An operator hands leadership over (to a node that may be
                 // behind, down or cut off: the transfer must then give up).
@@ -1325,6 +1394,8 @@ fn run_share(nodes: u64, part: u64, parts: u64) {
         total.unknown_answers += s.unknown_answers;
         total.transfers += s.transfers;
         total.timeout_nows += s.timeout_nows;
+        total.conf_changes_proposed += s.conf_changes_proposed;
+        total.conf_changes_committed += s.conf_changes_committed;
     }
     eprintln!("{nodes} nodes, {seeds} seeds: {total:?}");
     assert!(total.acked_writes > seeds * 20, "clients made too little progress: {total:?}");
@@ -1332,6 +1403,7 @@ fn run_share(nodes: u64, part: u64, parts: u64) {
     assert!(total.crashes > seeds, "the nemesis crashed too little: {total:?}");
     assert!(total.snapshots_installed > seeds / 4, "too few InstallSnapshots to mean anything: {total:?}");
     assert!(total.timeout_nows > seeds / 4, "too few leadership transfers to mean anything: {total:?}");
+    assert!(total.conf_changes_committed > seeds / 2, "too few configuration changes to mean anything: {total:?}");
 }
 
 #[test]

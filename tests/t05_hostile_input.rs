@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use bytes::{Bytes, BytesMut};
 use raftkv::codec::{decode_message, decode_snapshot_chunk, encode_message, encode_snapshot_chunk};
 use raftkv::kv::{Command, Condition, KvStore};
-use raftkv::raft::{Body, Entry, EntryData, HardState, Message, PersistOp, SnapshotMeta, SplitMix64};
+use raftkv::raft::{Body, Entry, EntryData, HardState, Membership, Message, PersistOp, SnapshotMeta, SplitMix64};
 use raftkv::state_machine::{Frozen, StateMachine};
 use raftkv::{snapshot, wal};
 
@@ -138,7 +138,7 @@ fn entry(index: u64, term: u64, data: &'static [u8]) -> Entry {
 }
 
 fn messages() -> Vec<Message> {
-    let meta = SnapshotMeta { index: 70, term: 6, voters: vec![1, 2, 3] };
+    let meta = SnapshotMeta { index: 70, term: 6, membership: Membership::from_voters([1, 2, 3]) };
     let bodies = vec![
         Body::RequestVote { pre_vote: true, last_log_index: 9, last_log_term: 2, transfer: false },
         Body::TimeoutNow,
@@ -221,7 +221,7 @@ fn wal_file(ops: &[PersistOp]) -> Vec<u8> {
 #[test]
 fn write_ahead_log_segments() {
     let hs = |t, v| Some(HardState { current_term: t, voted_for: Some(v) });
-    let meta = SnapshotMeta { index: 20, term: 3, voters: vec![1, 2, 3] };
+    let meta = SnapshotMeta { index: 20, term: 3, membership: Membership::from_voters([1, 2, 3]) };
     let a = wal_file(&[
         PersistOp {
             seq: 1,
@@ -262,7 +262,7 @@ fn snapshot_files() {
     let dir = std::env::temp_dir().join(format!("raftkv-fuzz-snap-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let snaps = snapshot::SnapshotDir::open(&dir).unwrap();
-    let meta = SnapshotMeta { index: 12, term: 2, voters: vec![1, 2, 3] };
+    let meta = SnapshotMeta { index: 12, term: 2, membership: Membership::from_voters([1, 2, 3]) };
     let saved = snaps.write(&meta, 2, |w| w.write_all(&[5u8; 300])).unwrap();
     let file = std::fs::read(&saved.path).unwrap();
     let _ = std::fs::remove_dir_all(&dir);

@@ -35,5 +35,9 @@ mod tests;
 pub use clock::TickClock;
 pub use log::{LogAfterSnapshot, log_after_snapshot};
 pub use message::{Body, Message, MessageKind};
-pub use node::{Config, NotLeader, PersistOp, Raft, Ready, SplitMix64, Transfer, TransferError, replication_target};
-pub use types::{Entry, EntryData, HardState, Index, NodeId, RequestId, Role, SnapshotMeta, Term};
+pub use node::{
+    ConfChangeError, Config, NotLeader, PersistOp, Raft, Ready, SplitMix64, Transfer, TransferError, replication_target,
+};
+pub use types::{
+    ConfChange, Entry, EntryData, HardState, Index, Member, Membership, NodeId, RequestId, Role, SnapshotMeta, Term,
+};

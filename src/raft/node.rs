@@ -25,7 +25,9 @@ use super::message::{Body, Message, MessageKind};
 use super::progress::{Progress, ProgressState};
 use super::quorum::{MajorityConfig, VoteResult};
 use super::read_only::ReadOnly;
-use super::types::{Entry, EntryData, HardState, Index, NodeId, RequestId, Role, SnapshotMeta, Term};
+use super::types::{
+    ConfChange, Entry, EntryData, HardState, Index, Member, Membership, NodeId, RequestId, Role, SnapshotMeta, Term,
+};
 
 const T_ELECTION: &str = "raftkv::election";
 const T_CONSENSUS: &str = "raftkv::consensus";
@@ -34,8 +36,12 @@ const T_CONSENSUS: &str = "raftkv::consensus";
 #[derive(Clone, Debug)]
 pub struct Config {
     pub id: NodeId,
-    /// Every voter, including `id`.
+    /// The bootstrap configuration: every voter, including `id`. Used only
+    /// until the log or a snapshot holds a configuration of its own.
     pub voters: Vec<NodeId>,
+    /// A learner is promoted to voter only if its log is within this many
+    /// entries of the leader's.
+    pub promote_max_lag: Index,
     /// Base election timeout; each wait is drawn from `[e, 2e)`.
     pub election_ticks: u64,
     /// A leader sends heartbeats this often. Must be < `election_ticks`.
@@ -64,8 +70,8 @@ impl Config {
         if self.id == 0 {
             return Err("node id must be positive".into());
         }
-        if !self.voters.contains(&self.id) {
-            return Err(format!("voters {:?} must include this node {}", self.voters, self.id));
+        if self.voters.is_empty() {
+            return Err("the bootstrap configuration needs at least one voter".into());
         }
         if self.heartbeat_ticks == 0 || self.heartbeat_ticks >= self.election_ticks {
             return Err("heartbeat interval must be positive and shorter than the election timeout".into());
@@ -95,6 +101,68 @@ pub enum TransferError {
     NotLeader(Option<NodeId>),
     /// The target is not a voter of the cluster.
     NotAVoter(NodeId),
+}
+
+/// A configuration change the leader refused. Nothing was appended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConfChangeError {
+    NotLeader(NotLeader),
+    /// Another change (appended at this index) has not committed yet: one
+    /// change at a time.
+    InProgress {
+        index: Index,
+    },
+    /// This leader has not yet committed an entry of its own term, so it
+    /// may not know the latest committed configuration (the known bug of
+    /// single-server changes, fixed as in the dissertation's erratum).
+    NotReady,
+    /// Adding an id that is already a member.
+    AlreadyMember(NodeId),
+    /// The id is not a member.
+    UnknownMember(NodeId),
+    /// Promoting a voter.
+    NotALearner(NodeId),
+    /// Promoting a learner whose log is too far behind the leader's.
+    LearnerBehind {
+        id: NodeId,
+        matched: Index,
+        last: Index,
+        max_lag: Index,
+    },
+    /// After the change, fewer voters than a majority of the new
+    /// configuration would be reachable: the cluster would stop.
+    WouldLoseQuorum {
+        reachable: usize,
+        needed: usize,
+    },
+    /// Removing the only voter.
+    LastVoter(NodeId),
+}
+
+impl std::fmt::Display for ConfChangeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConfChangeError::NotLeader(NotLeader::Leader(l)) => write!(f, "not the leader (leader: {})", fmt_opt(*l)),
+            ConfChangeError::NotLeader(NotLeader::Transferring(t)) => {
+                write!(f, "the leader is handing leadership to {t}")
+            }
+            ConfChangeError::InProgress { index } => {
+                write!(f, "a configuration change (log index {index}) is still in progress")
+            }
+            ConfChangeError::NotReady => write!(f, "the new leader has not committed an entry of its term yet"),
+            ConfChangeError::AlreadyMember(id) => write!(f, "node {id} is already a member"),
+            ConfChangeError::UnknownMember(id) => write!(f, "node {id} is not a member"),
+            ConfChangeError::NotALearner(id) => write!(f, "node {id} is a voter already"),
+            ConfChangeError::LearnerBehind { id, matched, last, max_lag } => write!(
+                f,
+                "learner {id} has the log up to {matched} of {last}; it is promoted only within {max_lag} entries"
+            ),
+            ConfChangeError::WouldLoseQuorum { reachable, needed } => {
+                write!(f, "after the change only {reachable} voters would be reachable, a majority needs {needed}")
+            }
+            ConfChangeError::LastVoter(id) => write!(f, "node {id} is the only voter"),
+        }
+    }
 }
 
 /// A leadership transfer under way (leader only).
@@ -193,6 +261,12 @@ impl SplitMix64 {
 pub struct Raft {
     id: NodeId,
     cfg: Config,
+    /// The configurations in the log, by the index of the entry that set
+    /// them, and (first) the one the log starts with: the snapshot's or the
+    /// bootstrap one. The latest is in force (§4.1: a configuration takes
+    /// effect when appended); removing entries reverts to an earlier one.
+    confs: BTreeMap<Index, Membership>,
+    /// The voters of the configuration in force.
     voters: MajorityConfig,
 
     // --- Persistent state on all servers (figure 2) ---
@@ -283,11 +357,23 @@ impl Raft {
     pub fn restart(cfg: Config, hard_state: HardState, snapshot: Option<SnapshotMeta>, entries: Vec<Entry>) -> Self {
         cfg.validate().expect("invalid raft config");
         let snapshot = snapshot.unwrap_or_default();
+        let base = if snapshot.membership.voters().next().is_some() {
+            snapshot.membership.clone()
+        } else {
+            Membership::from_voters(cfg.voters.iter().copied())
+        };
+        let mut confs = BTreeMap::from([(snapshot.index, base)]);
+        for e in &entries {
+            if let EntryData::Config(m) = &e.data {
+                confs.insert(e.index, m.clone());
+            }
+        }
         let log = RaftLog::after_snapshot(snapshot.index, snapshot.term, entries);
         let stable = log.last_index();
         let mut raft = Raft {
             id: cfg.id,
             voters: MajorityConfig::new(cfg.voters.iter().copied()),
+            confs,
             rng: SplitMix64(cfg.seed),
             cfg,
             current_term: hard_state.current_term,
@@ -321,7 +407,7 @@ impl Raft {
             dropped_proposals: Vec::new(),
             unknown_proposals: Vec::new(),
         };
-        raft.replication_targets = raft.cfg.voters.iter().map(|&v| (v, replication_target(v))).collect();
+        raft.on_membership_changed();
         raft.reset_election_timer();
         info!(
             target: T_ELECTION,
@@ -377,6 +463,15 @@ impl Raft {
     pub fn voters(&self) -> &std::collections::BTreeSet<NodeId> {
         self.voters.voters()
     }
+    /// The configuration in force (the latest in the log, committed or not).
+    pub fn membership(&self) -> &Membership {
+        self.confs.last_key_value().expect("always a configuration").1
+    }
+    /// The index of the entry that set the configuration in force (the
+    /// snapshot's index, or 0, when it is the one the log starts with).
+    pub fn config_index(&self) -> Index {
+        *self.confs.last_key_value().expect("always a configuration").0
+    }
     /// Per-peer replication progress; only a leader has it.
     pub fn progress(&self) -> &BTreeMap<NodeId, Progress> {
         &self.progress
@@ -408,11 +503,9 @@ impl Raft {
     /// The metadata of a snapshot of the state machine after applying
     /// `index`, if the log still knows that entry's term.
     pub fn snapshot_meta(&self, index: Index) -> Option<SnapshotMeta> {
-        Some(SnapshotMeta {
-            index,
-            term: self.log.term(index)?,
-            voters: self.voters.voters().iter().copied().collect(),
-        })
+        let term = self.log.term(index)?;
+        let (_, membership) = self.confs.range(..=index).next_back()?;
+        Some(SnapshotMeta { index, term, membership: membership.clone() })
     }
 
     /// The shell made a snapshot of its state machine durable. From now on
@@ -442,6 +535,9 @@ impl Raft {
         let upto = index.min(self.snapshot.index).min(self.applied).min(in_transfer);
         if upto > self.log.offset() {
             self.log.compact_to(upto);
+            // The configuration at the new start of the log, and later ones.
+            let first = *self.confs.range(..=upto).next_back().expect("a configuration at the log's start").0;
+            self.confs = self.confs.split_off(&first);
             debug!(target: T_CONSENSUS, "node {} compacted its log up to {}", self.id, upto);
         }
         self.log.offset()
@@ -471,7 +567,7 @@ impl Raft {
         }
         if self.election_elapsed >= self.randomized_election_timeout {
             self.election_elapsed = 0;
-            if self.voters.contains(self.id) {
+            if self.promotable() {
                 info!(
                     target: T_ELECTION,
                     "node {} election timeout at term {} (leader {})",
@@ -547,7 +643,7 @@ impl Raft {
 
     /// Starts an election now, as if the election timeout had elapsed.
     pub fn campaign_now(&mut self) {
-        if self.role != Role::Leader && self.voters.contains(self.id) {
+        if self.role != Role::Leader && self.promotable() {
             self.election_elapsed = 0;
             self.campaign(self.cfg.pre_vote, false);
         }
@@ -629,6 +725,131 @@ impl Raft {
         let index = self.append_entry(EntryData::Command(data));
         self.proposals.insert(index, id);
         Ok(index)
+    }
+
+    /// A configuration change (one server at a time, §4.1 and §4.3 of the
+    /// dissertation). Only a leader takes it, and only when no other change
+    /// is pending and it has committed an entry of its own term. The new
+    /// configuration is appended as one entry and takes effect at once;
+    /// `id` is answered like a proposal when the entry commits.
+    pub fn propose_conf_change(&mut self, id: RequestId, change: ConfChange) -> Result<Index, ConfChangeError> {
+        if self.role != Role::Leader {
+            return Err(ConfChangeError::NotLeader(NotLeader::Leader(self.leader_id)));
+        }
+        if let Some(t) = self.transfer {
+            return Err(ConfChangeError::NotLeader(NotLeader::Transferring(t.target)));
+        }
+        let pending = self.config_index();
+        if pending > self.log.commit_index() {
+            return Err(ConfChangeError::InProgress { index: pending });
+        }
+        if !self.committed_in_current_term() {
+            return Err(ConfChangeError::NotReady);
+        }
+        let mut next = self.membership().clone();
+        match &change {
+            ConfChange::AddLearner { id, address } => {
+                if next.contains(*id) {
+                    return Err(ConfChangeError::AlreadyMember(*id));
+                }
+                next.members.insert(*id, Member { address: address.clone(), voter: false });
+            }
+            ConfChange::Promote { id } => {
+                let Some(m) = next.members.get_mut(id) else { return Err(ConfChangeError::UnknownMember(*id)) };
+                if m.voter {
+                    return Err(ConfChangeError::NotALearner(*id));
+                }
+                let matched = self.progress.get(id).map_or(0, |p| p.match_index);
+                let last = self.log.last_index();
+                let max_lag = self.cfg.promote_max_lag;
+                if matched + max_lag < last {
+                    return Err(ConfChangeError::LearnerBehind { id: *id, matched, last, max_lag });
+                }
+                m.voter = true;
+            }
+            ConfChange::Remove { id } => {
+                if next.members.remove(id).is_none() {
+                    return Err(ConfChangeError::UnknownMember(*id));
+                }
+                if next.voters().next().is_none() {
+                    return Err(ConfChangeError::LastVoter(*id));
+                }
+            }
+        }
+        // Would the new voters still have a reachable majority?
+        if !matches!(change, ConfChange::AddLearner { .. }) {
+            let voters: Vec<NodeId> = next.voters().collect();
+            let reachable = voters.iter().filter(|&&v| self.reachable(v)).count();
+            let needed = voters.len() / 2 + 1;
+            if reachable < needed {
+                return Err(ConfChangeError::WouldLoseQuorum { reachable, needed });
+            }
+        }
+        info!(target: T_ELECTION, "node {} proposes {:?} at term {}: {}", self.id, change, self.current_term, next);
+        let index = self.append_entry(EntryData::Config(next));
+        self.proposals.insert(index, id);
+        Ok(index)
+    }
+
+    /// May this node start an election? A voter may. So may a node whose
+    /// latest configuration removes it while that change has not committed
+    /// and it was a voter before: it may hold the change that only it can
+    /// finish (the other voters' logs are behind it, so none of them can
+    /// win). Elected by the new configuration's voters, it commits the
+    /// change and steps down, as a leader that removed itself does.
+    fn promotable(&self) -> bool {
+        if self.voters.contains(self.id) {
+            return true;
+        }
+        let latest = self.config_index();
+        latest > self.log.commit_index()
+            && self.confs.range(..latest).next_back().is_some_and(|(_, before)| before.is_voter(self.id))
+    }
+
+    /// Leader: has this member (or this node) answered within an election timeout?
+    fn reachable(&self, id: NodeId) -> bool {
+        id == self.id || self.progress.get(&id).is_some_and(|p| self.now - p.last_active_tick < self.cfg.election_ticks)
+    }
+
+    /// A configuration entry was appended at `index`: it is in force now.
+    fn note_config(&mut self, index: Index, m: &Membership) {
+        self.confs.insert(index, m.clone());
+        self.on_membership_changed();
+    }
+
+    /// The configuration in force changed (or was set at start): voters,
+    /// and on a leader the followers it replicates to.
+    fn on_membership_changed(&mut self) {
+        let m = self.membership().clone();
+        let voters: Vec<NodeId> = m.voters().collect();
+        if !voters.is_empty() {
+            self.voters = MajorityConfig::new(voters);
+        }
+        self.replication_targets = m.members.keys().map(|&id| (id, replication_target(id))).collect();
+        info!(
+            target: T_ELECTION,
+            "node {} configuration (index {}): {}{}",
+            self.id,
+            self.config_index(),
+            m,
+            if m.contains(self.id) { "" } else { "; this node is not a member" }
+        );
+        if self.role == Role::Leader {
+            let next = self.log.last_index() + 1;
+            let now = self.now;
+            self.progress.retain(|id, _| m.contains(*id));
+            for &id in m.members.keys() {
+                if id != self.id {
+                    self.progress.entry(id).or_insert_with(|| Progress::new(next, now));
+                }
+            }
+            if let Some(t) = self.transfer
+                && !m.is_voter(t.target)
+            {
+                info!(target: T_ELECTION, "node {} drops the leadership transfer to {}: not a voter now", self.id, t.target);
+                self.transfer = None;
+            }
+        }
     }
 
     /// A linearizable read (ReadIndex). The read comes back in a later
@@ -955,8 +1176,8 @@ impl Raft {
         self.booting = false;
         let next = self.log.last_index() + 1;
         let now = self.now;
-        self.progress =
-            self.voters.voters().iter().filter(|&&v| v != self.id).map(|&v| (v, Progress::new(next, now))).collect();
+        let members: Vec<NodeId> = self.membership().members.keys().copied().filter(|&v| v != self.id).collect();
+        self.progress = members.into_iter().map(|v| (v, Progress::new(next, now))).collect();
         self.read_only = ReadOnly::default();
         self.lease_void = false;
         // §5.4.2 / §8: a new leader commits an entry of its own term.
@@ -968,8 +1189,12 @@ impl Raft {
 
     fn append_entry(&mut self, data: EntryData) -> Index {
         let index = self.log.last_index() + 1;
+        let conf = if let EntryData::Config(m) = &data { Some(m.clone()) } else { None };
         self.log.push(Entry { index, term: self.current_term, data });
         self.durability.note_append(index);
+        if let Some(m) = conf {
+            self.note_config(index, &m);
+        }
         self.broadcast_pending = true;
         index
     }
@@ -1124,21 +1349,26 @@ impl Raft {
                 // and all that follow it."
                 Some(t) if t != e.term => {
                     self.truncate_log(e.index);
-                    self.log.push(e.clone());
-                    self.durability.note_append(e.index);
+                    self.push_entry(e);
                 }
                 Some(_) => {} // already have it
                 // "Append any new entries not already in the log."
-                None => {
-                    self.log.push(e.clone());
-                    self.durability.note_append(e.index);
-                }
+                None => self.push_entry(e),
             }
         }
         // "If leaderCommit > commitIndex, set commitIndex =
         // min(leaderCommit, index of last new entry)."
         self.commit_to(leader_commit.min(last_new));
         self.respond_append(&m, true, prev_log_index, last_new, 0, None, ctx);
+    }
+
+    /// Follower: appends an entry from the leader (a configuration takes effect now).
+    fn push_entry(&mut self, e: &Entry) {
+        self.log.push(e.clone());
+        self.durability.note_append(e.index);
+        if let EntryData::Config(m) = &e.data {
+            self.note_config(e.index, m);
+        }
     }
 
     fn truncate_log(&mut self, from: Index) {
@@ -1153,6 +1383,10 @@ impl Raft {
         self.orphan_proposals_from(from);
         self.log.truncate_from(from);
         self.durability.note_truncate(from);
+        if !self.confs.split_off(&from).is_empty() {
+            // The configuration entries removed were in force: back to the last one left.
+            self.on_membership_changed();
+        }
     }
 
     /// The entries of local proposals from `from` on are about to leave the
@@ -1228,6 +1462,14 @@ impl Raft {
         let covered = std::mem::replace(&mut self.orphans, later);
         self.unknown_proposals.extend(covered.into_values());
         self.log.restore(meta.index, meta.term);
+        if meta.membership.voters().next().is_some() {
+            self.confs = BTreeMap::from([(meta.index, meta.membership.clone())]);
+        } else {
+            // A snapshot from before configurations: the one at the log's start.
+            let first = self.confs.first_key_value().expect("a configuration").1.clone();
+            self.confs = BTreeMap::from([(meta.index, first)]);
+        }
+        self.on_membership_changed();
         self.applied = meta.index;
         self.durability.note_snapshot(meta.index);
         self.snapshot = meta.clone();
@@ -1267,6 +1509,19 @@ impl Raft {
         let before = self.log.commit_index();
         if self.log.commit_to(index) {
             debug!(target: T_CONSENSUS, "node {} commit index {} -> {}", self.id, before, index);
+            if self.role == Role::Leader && !self.voters.contains(self.id) && self.config_index() <= index {
+                // §4.2.2: a leader removed from the configuration manages the
+                // cluster until the change commits, then steps down.
+                info!(
+                    target: T_ELECTION,
+                    "node {} steps down at term {}: the configuration without it committed at {}",
+                    self.id,
+                    self.current_term,
+                    self.config_index()
+                );
+                self.become_follower(self.current_term, None);
+                return;
+            }
             if self.role == Role::Leader && self.committed_in_current_term() {
                 let waiting = std::mem::take(&mut self.read_only.waiting_for_commit);
                 for id in waiting {
@@ -1376,9 +1631,11 @@ impl Raft {
             return;
         }
         let Body::InstallSnapshotResponse { match_index } = m.body else { unreachable!() };
+        let now = self.now;
         let target = self.replication_targets.get(&m.from).map_or("raftkv::replication", String::as_str);
         let Some(p) = self.progress.get_mut(&m.from) else { return };
         p.recent_active = true;
+        p.last_active_tick = now;
         p.maybe_update(match_index);
         if p.state == ProgressState::Snapshot {
             info!(target: target, "replication to {}: snapshot {} answered, matches up to {match_index}", m.from, p.pending_snapshot);
@@ -1402,6 +1659,7 @@ impl Raft {
         let target = self.replication_targets.get(&m.from).map_or("raftkv::replication", String::as_str);
         let Some(p) = self.progress.get_mut(&m.from) else { return };
         p.recent_active = true;
+        p.last_active_tick = now;
         p.acked_ctx = p.acked_ctx.max(ctx);
         p.last_append_response_tick = now;
         if success {
@@ -1446,8 +1704,10 @@ impl Raft {
         }
         let Body::HeartbeatResponse { ctx } = m.body else { unreachable!() };
         let last = self.log.last_index();
+        let now = self.now;
         let Some(p) = self.progress.get_mut(&m.from) else { return };
         p.recent_active = true;
+        p.last_active_tick = now;
         p.acked_ctx = p.acked_ctx.max(ctx);
         let resend = p.state == ProgressState::Probe || p.match_index < last;
         if p.state == ProgressState::Probe {

@@ -37,6 +37,8 @@ pub struct Progress {
     pub inflight: VecDeque<Index>,
     /// Heard from since the last check-quorum round.
     pub recent_active: bool,
+    /// Tick of the last response of any kind (is it alive now?).
+    pub last_active_tick: u64,
     /// Highest read-round context the follower has echoed at our term.
     pub acked_ctx: u64,
     /// Tick of the last AppendEntries response (for the stall safety net).
@@ -56,6 +58,7 @@ impl Progress {
             paused: false,
             inflight: VecDeque::new(),
             recent_active: false,
+            last_active_tick: now,
             acked_ctx: 0,
             last_append_response_tick: now,
             pending_snapshot: 0,

@@ -26,6 +26,7 @@ fn config(id: NodeId, voters: &[NodeId]) -> Config {
         check_quorum: true,
         seed: id * 7919,
         max_apply_bytes: 1 << 20,
+        promote_max_lag: 5,
     }
 }
 
@@ -1028,4 +1029,210 @@ fn a_leader_that_sent_timeout_now_does_not_serve_a_stale_lease_read() {
     net.tick_all(H);
     assert!(net.applied[&1].failed_reads.contains(&8));
     assert_ne!(net.nodes[&1].role(), Role::Leader);
+}
+
+// ---------------------------------------------------------------------------
+// Configuration changes, one server at a time (dissertation §4.1–§4.3)
+// ---------------------------------------------------------------------------
+
+fn conf_entry(index: Index, term: Term, voters: &[NodeId], learners: &[NodeId]) -> Entry {
+    let mut m = Membership::from_voters(voters.iter().copied());
+    for &l in learners {
+        m.members.insert(l, Member { address: format!("n{l}"), voter: false });
+    }
+    Entry { index, term, data: EntryData::Config(m) }
+}
+
+fn voters_of(r: &Raft) -> Vec<NodeId> {
+    r.membership().voters().collect()
+}
+
+fn learners_of(r: &Raft) -> Vec<NodeId> {
+    r.membership().learners().collect()
+}
+
+/// Three voters and a fourth node that is not a member yet.
+fn net_with_newcomer() -> Net {
+    let mut net = Net::new(&[1, 2, 3]);
+    net.nodes.insert(4, Raft::new(config(4, &[1, 2, 3]), HardState::default(), vec![]));
+    net.applied.insert(4, Applied::default());
+    net.elect(1);
+    net
+}
+
+/// §4.2.1: a new server joins without a vote and catches up first; it is
+/// promoted only when its log is close to the leader's.
+#[test]
+fn a_learner_catches_up_without_a_vote_and_is_promoted_only_when_close() {
+    let mut net = net_with_newcomer();
+    for i in 0..3 {
+        net.node(1).propose(i, cmd("x")).unwrap();
+    }
+    net.settle();
+    let add = ConfChange::AddLearner { id: 4, address: "n4".into() };
+    let at = net.node(1).propose_conf_change(100, add.clone()).unwrap();
+    net.settle();
+    for id in 1..=4 {
+        assert_eq!((voters_of(&net.nodes[&id]), learners_of(&net.nodes[&id])), (vec![1, 2, 3], vec![4]), "node {id}");
+    }
+    assert_eq!(net.nodes[&4].commit_index(), at, "the learner has the whole log");
+    assert!(net.applied[&1].proposals.contains(&(at, 100)), "the change is answered like a proposal");
+    assert_eq!(net.node(1).propose_conf_change(101, add), Err(ConfChangeError::AlreadyMember(4)));
+    // A learner never campaigns.
+    net.isolate(1);
+    net.tick_all(4 * E);
+    assert_eq!(net.nodes[&4].role(), Role::Follower);
+    assert!(net.nodes[&4].current_term() <= net.nodes[&2].current_term());
+    net.heal();
+    net.tick_all(4 * E);
+    let leader = leader_of(&net)[0];
+
+    // Far behind: refused, with the numbers.
+    net.isolate(4);
+    for i in 0..10 {
+        net.node(leader).propose(200 + i, cmd("y")).unwrap();
+    }
+    net.settle();
+    let last = net.nodes[&leader].last_index();
+    match net.node(leader).propose_conf_change(102, ConfChange::Promote { id: 4 }) {
+        Err(ConfChangeError::LearnerBehind { id: 4, matched, last: l, max_lag: 5 }) => {
+            assert_eq!(l, last);
+            assert!(matched + 5 < last);
+        }
+        other => panic!("promotion of a far-behind learner: {other:?}"),
+    }
+    assert_eq!(net.nodes[&leader].last_index(), last, "nothing appended");
+    net.heal();
+    net.tick_all(3 * E);
+    net.node(leader).propose_conf_change(103, ConfChange::Promote { id: 4 }).unwrap();
+    net.settle();
+    for id in 1..=4 {
+        assert_eq!((voters_of(&net.nodes[&id]), learners_of(&net.nodes[&id])), (vec![1, 2, 3, 4], vec![]), "node {id}");
+    }
+    assert_eq!(
+        net.node(leader).propose_conf_change(104, ConfChange::Promote { id: 4 }),
+        Err(ConfChangeError::NotALearner(4))
+    );
+}
+
+/// §4.1: at most one change at a time; and (the dissertation's erratum to
+/// single-server changes) a new leader appends a change only after it has
+/// committed an entry of its own term.
+#[test]
+fn one_change_at_a_time_and_only_after_the_leaders_first_commit() {
+    let (mut r, _) = manual_leader(1, vec![ent(1, 1)]);
+    assert_eq!(r.propose_conf_change(1, ConfChange::Remove { id: 3 }), Err(ConfChangeError::NotReady));
+    let mut net = net_with_newcomer();
+    net.cut.insert((1, 2));
+    net.cut.insert((1, 3));
+    let at = net.node(1).propose_conf_change(1, ConfChange::AddLearner { id: 4, address: "n4".into() }).unwrap();
+    net.settle();
+    assert_eq!(learners_of(&net.nodes[&1]), vec![4], "in force on the leader once appended, before it commits");
+    assert_eq!(
+        net.node(1).propose_conf_change(2, ConfChange::Remove { id: 3 }),
+        Err(ConfChangeError::InProgress { index: at })
+    );
+    net.heal();
+    net.tick_all(3 * E);
+    assert!(net.nodes[&1].commit_index() >= at);
+    net.node(1).propose_conf_change(3, ConfChange::Remove { id: 3 }).unwrap();
+    let follower = Raft::new(config(2, &[1, 2, 3]), HardState::default(), vec![]);
+    assert!(matches!(
+        { follower }.propose_conf_change(4, ConfChange::Remove { id: 1 }),
+        Err(ConfChangeError::NotLeader(NotLeader::Leader(None)))
+    ));
+}
+
+/// §4.2.2: a leader removed from the configuration keeps managing the
+/// cluster until the change commits (without counting itself), then steps
+/// down; the rest elect a leader and the removed node stays quiet.
+#[test]
+fn a_removed_leader_steps_down_once_the_change_commits_and_never_campaigns() {
+    let mut net = Net::new(&[1, 2, 3]);
+    net.elect(1);
+    let at = net.node(1).propose_conf_change(1, ConfChange::Remove { id: 1 }).unwrap();
+    net.settle();
+    assert_eq!(net.nodes[&1].role(), Role::Follower);
+    assert!(net.nodes[&1].commit_index() >= at);
+    assert_eq!(voters_of(&net.nodes[&2]), vec![2, 3]);
+    let term = net.nodes[&1].current_term();
+    net.tick_all(6 * E);
+    let leaders = leader_of(&net);
+    assert_eq!(leaders.len(), 1);
+    assert_ne!(leaders[0], 1);
+    assert_eq!(net.nodes[&1].role(), Role::Follower);
+    assert!(net.trace.iter().all(|m| !(m.from == 1 && m.term > term)), "the removed node never campaigned");
+    // The remaining two keep committing.
+    let l = leaders[0];
+    let i = net.node(l).propose(9, cmd("after")).unwrap();
+    net.tick_all(3 * H);
+    let state: Vec<(Index, Role, Term)> = (1..=3)
+        .map(|id| (net.nodes[&id].commit_index(), net.nodes[&id].role(), net.nodes[&id].current_term()))
+        .collect();
+    assert!(net.nodes[&2].commit_index() >= i && net.nodes[&3].commit_index() >= i, "{i}: {state:?}");
+}
+
+/// Removing or promoting so that the new voters have no reachable majority
+/// would stop the cluster: refused. Removing the unreachable one is fine.
+#[test]
+fn a_change_that_would_lose_quorum_is_refused() {
+    let mut net = Net::new(&[1, 2, 3]);
+    net.elect(1);
+    net.isolate(3);
+    net.tick_all(E + 1);
+    assert_eq!(net.nodes[&1].role(), Role::Leader);
+    assert_eq!(
+        net.node(1).propose_conf_change(1, ConfChange::Remove { id: 2 }),
+        Err(ConfChangeError::WouldLoseQuorum { reachable: 1, needed: 2 })
+    );
+    assert_eq!(
+        net.node(1).propose_conf_change(2, ConfChange::Remove { id: 9 }),
+        Err(ConfChangeError::UnknownMember(9))
+    );
+    net.node(1).propose_conf_change(3, ConfChange::Remove { id: 3 }).unwrap();
+    net.settle();
+    assert_eq!(voters_of(&net.nodes[&2]), vec![1, 2]);
+    net.node(1).propose_conf_change(4, ConfChange::Remove { id: 2 }).unwrap();
+    net.settle();
+    assert_eq!(voters_of(&net.nodes[&1]), vec![1]);
+    assert_eq!(net.node(1).propose_conf_change(5, ConfChange::Remove { id: 1 }), Err(ConfChangeError::LastVoter(1)));
+    let i = net.node(1).propose(6, cmd("alone")).unwrap();
+    net.settle();
+    assert!(net.nodes[&1].commit_index() >= i, "a single voter commits alone");
+}
+
+/// §4.1: "a server always uses the latest configuration in its log,
+/// regardless of whether the entry is committed" — so removing that entry
+/// (a conflicting leader) reverts to the one before.
+#[test]
+fn a_configuration_takes_effect_when_appended_and_reverts_when_truncated() {
+    let mut r = follower(vec![ent(1, 1)], 1);
+    r.step(append(2, 1, (1, 1), vec![conf_entry(2, 1, &[1, 2, 3], &[4])], 1));
+    assert_eq!((learners_of(&r), r.config_index()), (vec![4], 2), "before it commits");
+    r.step(append(3, 2, (1, 1), vec![ent(2, 2)], 1));
+    assert_eq!((learners_of(&r), r.config_index()), (vec![], 0), "back to the bootstrap configuration");
+    r.step(append(3, 2, (2, 2), vec![conf_entry(3, 2, &[1, 2], &[])], 1));
+    assert_eq!(voters_of(&r), vec![1, 2]);
+}
+
+/// A snapshot records the configuration at its index; a restart from a
+/// snapshot and the entries after it finds the configuration in force.
+#[test]
+fn snapshots_and_restarts_carry_the_configuration() {
+    let mut r = follower(
+        vec![ent(1, 1), conf_entry(2, 1, &[1, 2, 3], &[4]), ent(3, 1), conf_entry(4, 1, &[1, 2, 3, 4], &[])],
+        1,
+    );
+    assert_eq!(voters_of(&r), vec![1, 2, 3, 4], "from the log at start");
+    r.step(append(2, 1, (4, 1), vec![], 4));
+    drain(&mut r);
+    assert_eq!(r.snapshot_meta(1).unwrap().membership, Membership::from_voters([1, 2, 3]));
+    assert_eq!(r.snapshot_meta(3).unwrap().membership.learners().collect::<Vec<_>>(), vec![4]);
+    let meta = r.snapshot_meta(3).unwrap();
+    r.on_snapshot_saved(meta.clone());
+    r.compact(3);
+    assert_eq!(r.snapshot_meta(3).unwrap().membership, meta.membership, "still known after compaction");
+    assert_eq!(voters_of(&r), vec![1, 2, 3, 4]);
+    let back = Raft::restart(config(1, &[1, 2, 3]), r.hard_state(), Some(meta), vec![ent(4, 1)]);
+    assert_eq!((voters_of(&back), learners_of(&back)), (vec![1, 2, 3], vec![4]), "the snapshot's, not --peers'");
 }

@@ -1,6 +1,8 @@
 //! The vocabulary of the paper: terms, indexes, log entries and the state
 //! that figure 2 calls "persistent state on all servers".
 
+use std::collections::BTreeMap;
+
 use bytes::Bytes;
 
 /// A server's id. Positive; `0` is never a valid id.
@@ -20,6 +22,75 @@ pub enum EntryData {
     Noop,
     /// An opaque command for the state machine.
     Command(Bytes),
+    /// A new configuration: the whole member list after one change (one
+    /// server at a time, §4.1 of the dissertation). It takes effect on a
+    /// node as soon as the node appends it, committed or not.
+    Config(Membership),
+}
+
+/// One member of the cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    /// Where its peers reach it (`host:port`); opaque to the core, which
+    /// only carries it. Empty when unknown (a cluster bootstrapped from
+    /// `--peers`, whose addresses come from the settings).
+    pub address: String,
+    /// A voter counts in elections and commit majorities; a learner only
+    /// receives the log.
+    pub voter: bool,
+}
+
+/// A configuration: the voters and learners of the cluster, with addresses.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Membership {
+    pub members: BTreeMap<NodeId, Member>,
+}
+
+impl Membership {
+    /// Voters without addresses (a bootstrap configuration).
+    pub fn from_voters(ids: impl IntoIterator<Item = NodeId>) -> Self {
+        let members = ids.into_iter().map(|id| (id, Member { address: String::new(), voter: true })).collect();
+        Membership { members }
+    }
+    pub fn voters(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.members.iter().filter(|(_, m)| m.voter).map(|(&id, _)| id)
+    }
+    pub fn learners(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.members.iter().filter(|(_, m)| !m.voter).map(|(&id, _)| id)
+    }
+    pub fn is_voter(&self, id: NodeId) -> bool {
+        self.members.get(&id).is_some_and(|m| m.voter)
+    }
+    pub fn is_learner(&self, id: NodeId) -> bool {
+        self.members.get(&id).is_some_and(|m| !m.voter)
+    }
+    pub fn contains(&self, id: NodeId) -> bool {
+        self.members.contains_key(&id)
+    }
+}
+
+impl std::fmt::Display for Membership {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let voters: Vec<NodeId> = self.voters().collect();
+        let learners: Vec<NodeId> = self.learners().collect();
+        write!(f, "voters {voters:?}")?;
+        if !learners.is_empty() {
+            write!(f, ", learners {learners:?}")?;
+        }
+        Ok(())
+    }
+}
+
+/// One change to the configuration, proposed through the leader.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConfChange {
+    /// A new member joins as a learner.
+    AddLearner { id: NodeId, address: String },
+    /// A learner that has caught up becomes a voter.
+    Promote { id: NodeId },
+    /// A voter or learner leaves (the leader too: it steps down once the
+    /// change commits).
+    Remove { id: NodeId },
 }
 
 /// One log entry.
@@ -36,6 +107,7 @@ impl Entry {
         24 + match &self.data {
             EntryData::Noop => 0,
             EntryData::Command(b) => b.len(),
+            EntryData::Config(m) => m.members.values().map(|m| 16 + m.address.len()).sum(),
         }
     }
 }
@@ -76,11 +148,12 @@ impl std::fmt::Display for Role {
 }
 
 /// What a snapshot covers: the state machine after applying every entry up
-/// to `index` (whose term is `term`), with the voters at that point. The
-/// core knows only this; the state itself is the shell's business.
+/// to `index` (whose term is `term`), with the configuration at that
+/// point. The core knows only this; the state itself is the shell's business.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SnapshotMeta {
     pub index: Index,
     pub term: Term,
-    pub voters: Vec<NodeId>,
+    /// Empty only in the default metadata (no snapshot yet).
+    pub membership: Membership,
 }
