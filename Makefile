@@ -5,12 +5,14 @@ BIN := target/release/raftkv
 CTL := target/release/raftkvctl
 ENDPOINTS ?= 127.0.0.1:8001,127.0.0.1:8002,127.0.0.1:8003
 
-.PHONY: help build cluster stop kill-leader clean-cluster test unit sim mutation-check mutants
+.PHONY: help build cluster stop kill-leader add-node remove-node clean-cluster test unit sim mutation-check mutants
 
 help:
 	@echo "make cluster   build (release) and start a local 3-node cluster in the background"
 	@echo "make stop      stop the processes 'make cluster' started"
 	@echo "make kill-leader   kill -9 the leader ('make cluster' restarts it)"
+	@echo "make add-node N=4  start node 4 (config/node4.toml), which joins as a learner, and promote it"
+	@echo "make remove-node N=4   remove member 4 from the cluster and stop it"
 	@echo "make test      run the whole test suite (installs iptables/promtool if missing)"
 	@echo "make sim SIM_SEEDS=20000   run the deterministic simulation on more seeds"
 	@echo "make mutation-check   the five planted rule violations must each be caught"
@@ -27,6 +29,13 @@ stop:
 
 kill-leader:
 	@scripts/cluster.sh kill-leader
+
+N ?= 4
+add-node: build
+	@scripts/cluster.sh add $(N)
+
+remove-node: build
+	@scripts/cluster.sh remove $(N)
 
 clean-cluster: stop
 	rm -rf .cluster

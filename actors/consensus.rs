@@ -23,14 +23,15 @@ use log::{info, warn};
 use tokio::sync::oneshot;
 
 use super::messages::{
-    Apply, ClientRead, ClientWrite, GetStatus, InboundRpc, LogStatus, PeerEvent, PeerStatus, PersistBatch, Persisted,
-    Purge, Restore, SendRpc, ServeRead, SnapshotInfo, SnapshotSaved, Status, TakeSnapshot, TakeSnapshotNow, Tick,
-    TransferDone, TransferFailed, TransferLeader,
+    Apply, ChangeFailed, ChangeMembers, ClientRead, ClientWrite, GetStatus, InboundRpc, LogStatus, MembersChanged,
+    PeerEvent, PeerStatus, PersistBatch, Persisted, Purge, Restore, SendRpc, ServeRead, SnapshotInfo, SnapshotSaved,
+    Status, StopReplicator, TakeSnapshot, TakeSnapshotNow, Tick, TransferDone, TransferFailed, TransferLeader,
 };
 use super::replicator::Replicator;
 use super::state_machine::StateMachineActor;
 use super::storage::StorageActor;
-use super::{ClientError, ClientReply};
+use super::{ClientError, ClientReply, ClusterView, ClusterWatch};
+use crate::cluster::{ClusterFile, format_id};
 use crate::config::Settings;
 use crate::kv::Query;
 use crate::metrics::Metrics;
@@ -80,7 +81,15 @@ pub struct ConsensusActor {
     storage_busy: bool,
     storage_queue: Vec<PersistOp>,
     state_machine: Addr<StateMachineActor>,
-    replicators: BTreeMap<NodeId, Addr<Replicator>>,
+    /// One per member but this node, with the address it was started for;
+    /// started and stopped as the configuration changes (`sync_members`).
+    replicators: BTreeMap<NodeId, (String, Addr<Replicator>)>,
+    snapshots: SnapshotDir,
+    /// The configuration as last published to the HTTP front door.
+    cluster: tokio::sync::watch::Sender<Arc<ClusterView>>,
+    members_synced: bool,
+    /// Configuration changes waiting for their entry to commit.
+    conf_waiters: HashMap<RequestId, oneshot::Sender<Result<MembersChanged, ChangeFailed>>>,
     next_id: u64,
     /// Peer requests waiting for the core's answer, by rpc id.
     inbound: HashMap<u64, oneshot::Sender<RaftMessage>>,
@@ -113,33 +122,27 @@ pub struct ConsensusActor {
 impl ConsensusActor {
     pub fn start_with(
         settings: &Settings,
+        identity: &ClusterFile,
         boot: Boot,
         storage: Addr<StorageActor>,
         state_machine: Addr<StateMachineActor>,
         snapshots: SnapshotDir,
         metrics: Arc<Metrics>,
-    ) -> Addr<ConsensusActor> {
+    ) -> (Addr<ConsensusActor>, ClusterWatch) {
         let settings = settings.clone();
-        ConsensusActor::create(move |ctx| {
+        let cluster_id = identity.cluster_id;
+        let bootstrap = identity.bootstrap.clone();
+        let (cluster, watch) = tokio::sync::watch::channel(Arc::new(ClusterView {
+            cluster_id,
+            config_index: 0,
+            membership: Default::default(),
+        }));
+        let addr = ConsensusActor::create(move |ctx| {
             let me = ctx.address();
-            let replicators = settings
-                .peers
-                .iter()
-                .map(|(&peer, &addr)| {
-                    let r = Replicator::new(
-                        peer,
-                        addr,
-                        &settings,
-                        snapshots.clone(),
-                        me.clone().recipient(),
-                        metrics.clone(),
-                    );
-                    (peer, r.start())
-                })
-                .collect();
             let cfg = raft::Config {
                 id: settings.id,
-                voters: settings.voters(),
+                voters: bootstrap.keys().copied().collect(),
+                addresses: bootstrap,
                 election_ticks: settings.election_ticks(),
                 heartbeat_ticks: settings.heartbeat_ticks(),
                 max_inflight: settings.max_inflight,
@@ -148,7 +151,7 @@ impl ConsensusActor {
                 check_quorum: true,
                 seed: rand::random(),
                 max_apply_bytes: 1 << 20,
-                promote_max_lag: 1000,
+                promote_max_lag: settings.promote_max_lag,
             };
             let raft = Raft::restart(cfg, boot.hard_state, boot.snapshot, boot.entries);
             let observed = (raft.role(), raft.current_term(), raft.leader_id());
@@ -166,7 +169,11 @@ impl ConsensusActor {
                 storage_busy: false,
                 storage_queue: Vec::new(),
                 state_machine,
-                replicators,
+                replicators: BTreeMap::new(),
+                snapshots,
+                cluster,
+                members_synced: false,
+                conf_waiters: HashMap::new(),
                 next_id: 1,
                 inbound: HashMap::new(),
                 proposals: HashMap::new(),
@@ -182,7 +189,69 @@ impl ConsensusActor {
                 held_writes: Vec::new(),
                 transfer_waiters: Vec::new(),
             }
-        })
+        });
+        (addr, watch)
+    }
+
+    /// Starts a replicator for every member but this node that lacks one
+    /// (or whose address changed), stops those of nodes that left, and
+    /// publishes the configuration to the HTTP front door. Called at start
+    /// and whenever the configuration in force changes.
+    fn sync_members(&mut self) {
+        let index = self.raft.config_index();
+        let published = self.cluster.borrow().clone();
+        if self.members_synced && published.config_index == index && published.membership == *self.raft.membership() {
+            return;
+        }
+        self.members_synced = true;
+        let membership = self.raft.membership().clone();
+        let Some(me) = self.me.clone() else { return };
+        let my_id = self.raft.id();
+        let wanted: BTreeMap<NodeId, String> = membership
+            .members
+            .iter()
+            .filter(|&(&id, _)| id != my_id)
+            .map(|(&id, m)| {
+                let fallback = || self.settings.peers.get(&id).map(|a| a.to_string()).unwrap_or_default();
+                (id, if m.address.is_empty() { fallback() } else { m.address.clone() })
+            })
+            .collect();
+        self.replicators.retain(|id, (address, r)| {
+            let keep = wanted.get(id) == Some(address);
+            if !keep {
+                info!(target: T_CONSENSUS, "node {my_id} stops replicating to node {id} ({address}): not a member now");
+                r.do_send(StopReplicator);
+                self.metrics.remove_peer(*id);
+            }
+            keep
+        });
+        for (id, address) in wanted {
+            if self.replicators.contains_key(&id) {
+                continue;
+            }
+            if address.is_empty() {
+                warn!(target: T_CONSENSUS, "node {my_id}: member {id} has no known address; nothing is sent to it");
+                continue;
+            }
+            let pm = self.metrics.add_peer(id);
+            let r = Replicator::new(
+                id,
+                address.clone(),
+                published.cluster_id,
+                &self.settings,
+                self.snapshots.clone(),
+                me.clone().recipient(),
+                self.metrics.clone(),
+                pm,
+            );
+            self.replicators.insert(id, (address, r.start()));
+        }
+        let m = &self.metrics;
+        m.config_changes.fetch_add(u64::from(index > 0), Relaxed);
+        m.voters.store(membership.voters().count() as u64, Relaxed);
+        m.learners.store(membership.learners().count() as u64, Relaxed);
+        let view = ClusterView { cluster_id: published.cluster_id, config_index: index, membership };
+        self.cluster.send_replace(Arc::new(view));
     }
 
     fn next_id(&mut self) -> u64 {
@@ -237,7 +306,7 @@ impl ConsensusActor {
     fn route(&mut self, m: RaftMessage) {
         if m.body.is_request() {
             match self.replicators.get(&m.to) {
-                Some(r) => r.do_send(SendRpc(m)),
+                Some((_, r)) => r.do_send(SendRpc(m)),
                 None => warn!(target: T_CONSENSUS, "no replicator for node {}; message dropped", m.to),
             }
         } else if let Some(tx) = self.inbound.remove(&m.rpc_id) {
@@ -264,11 +333,15 @@ impl ConsensusActor {
         }
         if !rd.committed.is_empty() {
             self.applied_bytes_since += rd.committed.iter().map(|e| e.size_hint() as u64).sum::<u64>();
-            let waiting = rd
-                .proposals
-                .into_iter()
-                .filter_map(|(idx, id)| self.proposals.remove(&id).map(|reply| (idx, reply)))
-                .collect();
+            let mut waiting = Vec::new();
+            for (index, id) in rd.proposals {
+                if let Some(reply) = self.proposals.remove(&id) {
+                    waiting.push((index, reply));
+                } else if let Some(reply) = self.conf_waiters.remove(&id) {
+                    // A configuration is the core's own: done once committed.
+                    let _ = reply.send(Ok(MembersChanged { index }));
+                }
+            }
             self.state_machine.do_send(Apply { entries: rd.committed, waiting });
         }
         for (id, index) in rd.reads {
@@ -286,11 +359,15 @@ impl ConsensusActor {
             if let Some(reply) = self.proposals.remove(&id) {
                 let _ = reply.send(Err(ClientError::Dropped));
             }
+            if let Some(reply) = self.conf_waiters.remove(&id) {
+                let _ = reply.send(Err(ChangeFailed::Dropped));
+            }
         }
         // Their entries were replaced by a snapshot: dropping the reply
         // answers 504, outcome unknown, which is the truth.
         for id in rd.unknown_proposals {
             self.proposals.remove(&id);
+            self.conf_waiters.remove(&id);
         }
         // A long committed log goes to the state machine in chunks; ticks,
         // votes and heartbeats get their turn in between.
@@ -457,6 +534,7 @@ impl ConsensusActor {
 
     /// Keeps metrics current and logs what the core's own lines do not.
     fn observe(&mut self) {
+        self.sync_members();
         let r = &self.raft;
         let m = &self.metrics;
         let now = (r.role(), r.current_term(), r.leader_id());
@@ -489,27 +567,31 @@ impl ConsensusActor {
         m.snapshot_index.store(r.snapshot().index, Relaxed);
         m.snapshot_term.store(r.snapshot().term, Relaxed);
         let last = r.last_index();
-        for (peer, pm) in &m.peers {
-            let (matched, lag) = match r.progress().get(peer) {
+        for peer in m.peer_ids() {
+            let (matched, lag) = match r.progress().get(&peer) {
                 Some(p) => (p.match_index, last - p.match_index.min(last)),
                 None => (0, 0),
             };
-            pm.match_index.store(matched, Relaxed);
-            pm.replication_lag.store(lag, Relaxed);
+            if let Some(pm) = m.peer(peer) {
+                pm.match_index.store(matched, Relaxed);
+                pm.replication_lag.store(lag, Relaxed);
+            }
         }
     }
 
     fn status(&self) -> Status {
         let r = &self.raft;
+        let membership = r.membership();
         let peers = self
-            .settings
-            .peers
+            .replicators
             .iter()
-            .map(|(&id, addr)| {
+            .map(|(&id, (addr, _))| {
                 let p = r.progress().get(&id);
                 PeerStatus {
                     id,
-                    address: addr.to_string(),
+                    address: addr.clone(),
+                    role: if membership.is_voter(id) { "voter" } else { "learner" },
+                    reachable: p.map(|_| r.reachable(id)),
                     match_index: p.map(|p| p.match_index),
                     next_index: p.map(|p| p.next_index),
                     state: p.map(|p| match p.state {
@@ -528,11 +610,17 @@ impl ConsensusActor {
             term: r.current_term(),
             voted_for: r.voted_for(),
             leader: r.leader_id(),
-            leader_address: r.leader_id().and_then(|l| self.settings.address_of(l)).map(|a| a.to_string()),
+            leader_address: r
+                .leader_id()
+                .and_then(|l| self.replicators.get(&l).map(|(a, _)| a.clone()))
+                .or_else(|| (r.leader_id() == Some(r.id())).then(|| self.settings.listen.to_string())),
             commit_index: r.commit_index(),
             last_log_index: r.last_index(),
             last_log_term: r.log().last_term(),
             stable_index: r.stable_index(),
+            cluster_id: format_id(self.cluster.borrow().cluster_id),
+            config_index: r.config_index(),
+            config_committed: r.config_index() <= r.commit_index(),
             peers,
             pending_proposals: self.proposals.len(),
             pending_reads: self.reads.len(),
@@ -569,9 +657,9 @@ impl Actor for ConsensusActor {
         ctx.run_interval(Duration::from_secs(1), |act, _| act.inbound.retain(|_, tx| !tx.is_closed()));
         info!(
             target: T_CONSENSUS,
-            "node {} consensus started: voters {:?}, election timeout {:?}, heartbeat {:?}",
+            "node {} consensus started: {}, election timeout {:?}, heartbeat {:?}",
             self.raft.id(),
-            self.settings.voters(),
+            self.raft.membership(),
             self.settings.election_timeout,
             self.settings.heartbeat
         );
@@ -708,6 +796,24 @@ impl Handler<TransferLeader> for ConsensusActor {
             }
             Err(TransferError::NotLeader(l)) => {
                 let _ = msg.reply.send(Err(TransferFailed::NotLeader(l)));
+            }
+        }
+    }
+}
+
+impl Handler<ChangeMembers> for ConsensusActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: ChangeMembers, ctx: &mut Self::Context) {
+        self.advance_clock();
+        let id = self.next_id();
+        match self.raft.propose_conf_change(id, msg.change) {
+            Ok(_) => {
+                self.conf_waiters.insert(id, msg.reply);
+                self.schedule_flush(ctx);
+            }
+            Err(e) => {
+                let _ = msg.reply.send(Err(ChangeFailed::Refused(e)));
             }
         }
     }

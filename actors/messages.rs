@@ -9,7 +9,9 @@ use tokio::sync::oneshot;
 
 use super::ClientReply;
 use crate::kv::{Query, QueryResult};
-use crate::raft::{Entry, Index, Message as RaftMessage, NodeId, PersistOp, SnapshotMeta, Term};
+use crate::raft::{
+    ConfChange, ConfChangeError, Entry, Index, Message as RaftMessage, NodeId, PersistOp, SnapshotMeta, Term,
+};
 use crate::state_machine::Frozen;
 
 // --- to Consensus ------------------------------------------------------------
@@ -103,6 +105,33 @@ impl Message for TransferLeader {
     type Result = ();
 }
 
+/// HTTP (`/cluster/members`) → Consensus: one configuration change;
+/// answered when its entry commits, or at once when the leader refuses it.
+pub struct ChangeMembers {
+    pub change: ConfChange,
+    pub reply: oneshot::Sender<Result<MembersChanged, ChangeFailed>>,
+}
+
+impl Message for ChangeMembers {
+    type Result = ();
+}
+
+/// A configuration change that committed.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct MembersChanged {
+    /// Log index of the configuration entry.
+    pub index: Index,
+}
+
+/// Why a configuration change did not happen.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ChangeFailed {
+    /// The leader refused it; nothing was appended.
+    Refused(ConfChangeError),
+    /// Appended, but a new leader committed another entry in its place.
+    Dropped,
+}
+
 /// A finished leadership transfer.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct TransferDone {
@@ -153,6 +182,10 @@ pub struct SnapshotInfo {
 pub struct PeerStatus {
     pub id: NodeId,
     pub address: String,
+    /// "voter" or "learner".
+    pub role: &'static str,
+    /// Leader only: the peer answered within the last election timeout.
+    pub reachable: Option<bool>,
     /// Leader only: highest index known replicated on the peer.
     pub match_index: Option<u64>,
     /// Leader only: next index to send.
@@ -195,6 +228,13 @@ pub struct Status {
     pub last_log_index: u64,
     pub last_log_term: u64,
     pub stable_index: u64,
+    /// The cluster's id (16 hex digits).
+    pub cluster_id: String,
+    /// Log index of the configuration in force (0: the bootstrap one) and
+    /// whether it has committed.
+    pub config_index: Index,
+    pub config_committed: bool,
+    /// The other members, voters and learners.
     pub peers: Vec<PeerStatus>,
     pub pending_proposals: usize,
     pub pending_reads: usize,
@@ -208,6 +248,13 @@ pub struct Status {
 pub struct SendRpc(pub RaftMessage);
 
 impl Message for SendRpc {
+    type Result = ();
+}
+
+/// Consensus → Replicator: the peer left the configuration; stop.
+pub struct StopReplicator;
+
+impl Message for StopReplicator {
     type Result = ();
 }
 

@@ -52,7 +52,7 @@ use actix::prelude::*;
 use crate::config::Settings;
 use crate::kv::{CommandResult, KvStore, QueryResult};
 use crate::metrics::Metrics;
-use crate::raft::NodeId;
+use crate::raft::{Index, Membership, NodeId};
 use crate::snapshot::SnapshotDir;
 use crate::wal::WalWriter;
 
@@ -80,10 +80,33 @@ pub type ClientResult = Result<ClientOutcome, ClientError>;
 /// The channel a client request's answer travels back on.
 pub type ClientReply = tokio::sync::oneshot::Sender<ClientResult>;
 
+/// The cluster as this node sees it: published by Consensus on a watch
+/// channel whenever the configuration in force changes, so the HTTP front
+/// door can route to the leader and check peers without a round trip
+/// through Consensus's mailbox on every request. Read-only for everyone
+/// but Consensus.
+#[derive(Debug, Clone)]
+pub struct ClusterView {
+    /// The cluster's id (`crate::cluster::ClusterFile`); peer requests carry it.
+    pub cluster_id: u64,
+    /// Log index of the configuration in force (0: the bootstrap one).
+    pub config_index: Index,
+    pub membership: Membership,
+}
+
+impl ClusterView {
+    pub fn address_of(&self, id: NodeId) -> Option<&str> {
+        self.membership.address_of(id)
+    }
+}
+
+pub type ClusterWatch = tokio::sync::watch::Receiver<Arc<ClusterView>>;
+
 /// Addresses the HTTP front door sends to.
 #[derive(Clone)]
 pub struct NodeHandles {
     pub consensus: Addr<consensus::ConsensusActor>,
+    pub cluster: ClusterWatch,
     pub state_machine: Addr<state_machine::StateMachineActor>,
     pub snapshotter: Addr<snapshotter::Snapshotter>,
     pub metrics: Arc<Metrics>,
@@ -94,6 +117,7 @@ pub struct NodeHandles {
 /// snapshot and the consensus state with the log after it.
 pub fn spawn_node(
     settings: &Settings,
+    identity: &crate::cluster::ClusterFile,
     boot: consensus::Boot,
     store: KvStore,
     snapshots: SnapshotDir,
@@ -119,8 +143,9 @@ pub fn spawn_node(
         storage::StorageActor::new(wal, storage_metrics.clone())
     });
 
-    let consensus = consensus::ConsensusActor::start_with(
+    let (consensus, cluster) = consensus::ConsensusActor::start_with(
         settings,
+        identity,
         boot,
         storage,
         state_machine.clone(),
@@ -128,5 +153,5 @@ pub fn spawn_node(
         metrics.clone(),
     );
     election_timer::ElectionTimer::new(settings.tick, consensus.clone().recipient()).start();
-    NodeHandles { consensus, state_machine, snapshotter, metrics }
+    NodeHandles { consensus, state_machine, snapshotter, metrics, cluster }
 }

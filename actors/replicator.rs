@@ -16,7 +16,7 @@
 //! slowly or with an error is not held back (its heartbeats keep the
 //! leader's quorum alive), nor are votes and snapshot transfers.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
@@ -26,13 +26,15 @@ use log::{debug, info, trace, warn};
 
 use awc::error::{ConnectError, SendRequestError};
 
-use super::messages::{PeerEvent, SendRpc};
+use super::messages::{PeerEvent, SendRpc, StopReplicator};
 use crate::codec::{decode_message, encode_message, encode_snapshot_chunk};
 use crate::config::Settings;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, PeerMetrics};
 use crate::raft::{Body, Message as RaftMessage, MessageKind, NodeId, replication_target};
 use crate::snapshot::{SnapshotDir, read_chunk};
 
+/// The header every peer request carries this cluster's id in.
+pub const CLUSTER_HEADER: &str = "x-raftkv-cluster";
 /// Largest response body accepted from a peer (answers are small).
 const MAX_RESPONSE: usize = 1 << 20;
 /// Backoff after failed requests to a peer: doubling from the first, capped.
@@ -57,8 +59,11 @@ pub struct Replicator {
     transferring: bool,
     /// `Authorization` header value with the cluster secret, if any.
     auth: Option<String>,
+    /// This cluster's id, sent as `x-raftkv-cluster` with every request.
+    cluster_id: String,
     consensus: Recipient<PeerEvent>,
     metrics: Arc<Metrics>,
+    peer_metrics: Arc<PeerMetrics>,
     target: String,
     heartbeat_in_flight: bool,
     queued_heartbeat: Option<RaftMessage>,
@@ -70,13 +75,16 @@ pub struct Replicator {
 }
 
 impl Replicator {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         peer: NodeId,
-        addr: SocketAddr,
+        addr: String,
+        cluster_id: u64,
         settings: &Settings,
         snapshots: SnapshotDir,
         consensus: Recipient<PeerEvent>,
         metrics: Arc<Metrics>,
+        peer_metrics: Arc<PeerMetrics>,
     ) -> Self {
         Replicator {
             peer,
@@ -89,8 +97,10 @@ impl Replicator {
             chunk_timeout: settings.snapshot_chunk_timeout,
             transferring: false,
             auth: settings.cluster_secret.as_ref().map(|s| s.header_value()),
+            cluster_id: crate::cluster::format_id(cluster_id),
             consensus,
             metrics,
+            peer_metrics,
             target: replication_target(peer),
             heartbeat_in_flight: false,
             queued_heartbeat: None,
@@ -118,22 +128,19 @@ impl Replicator {
             // The peer failed just now: no request until the backoff ends.
             // A heartbeat is simply not sent (the next one will be); an
             // AppendEntries is reported failed at once, so the core probes.
-            if let Some(m) = self.metrics.peer(self.peer) {
-                m.requests_held_back.fetch_add(1, Relaxed);
-            }
+            self.peer_metrics.requests_held_back.fetch_add(1, Relaxed);
             if kind == MessageKind::AppendEntries {
                 self.consensus.do_send(PeerEvent::Unreachable { peer: self.peer });
             }
             return;
         }
-        if let Some(m) = self.metrics.peer(self.peer) {
-            match kind {
-                MessageKind::AppendEntries => m.append_entries_sent.fetch_add(1, Relaxed),
-                MessageKind::Heartbeat => m.heartbeats_sent.fetch_add(1, Relaxed),
-                MessageKind::TimeoutNow => 0,
-                _ => m.votes_sent.fetch_add(1, Relaxed),
-            };
-        }
+        let m = &self.peer_metrics;
+        match kind {
+            MessageKind::AppendEntries => m.append_entries_sent.fetch_add(1, Relaxed),
+            MessageKind::Heartbeat => m.heartbeats_sent.fetch_add(1, Relaxed),
+            MessageKind::TimeoutNow => 0,
+            _ => m.votes_sent.fetch_add(1, Relaxed),
+        };
         if kind == MessageKind::Heartbeat {
             self.heartbeat_in_flight = true;
         }
@@ -196,14 +203,13 @@ impl Replicator {
                             kind.as_str()
                         );
                     }
-                    if let Some(m) = act.metrics.peer(act.peer) {
-                        match kind {
-                            MessageKind::AppendEntries => m.append_entries_failed.fetch_add(1, Relaxed),
-                            MessageKind::Heartbeat => m.heartbeats_failed.fetch_add(1, Relaxed),
-                            MessageKind::TimeoutNow => 0,
-                            _ => m.votes_failed.fetch_add(1, Relaxed),
-                        };
-                    }
+                    let m = &act.peer_metrics;
+                    match kind {
+                        MessageKind::AppendEntries => m.append_entries_failed.fetch_add(1, Relaxed),
+                        MessageKind::Heartbeat => m.heartbeats_failed.fetch_add(1, Relaxed),
+                        MessageKind::TimeoutNow => 0,
+                        _ => m.votes_failed.fetch_add(1, Relaxed),
+                    };
                     act.consensus.do_send(PeerEvent::Unreachable { peer: act.peer });
                 }
             }
@@ -220,11 +226,13 @@ impl Replicator {
 impl Replicator {
     fn client(&mut self) -> &awc::Client {
         let auth = self.auth.clone();
+        let cluster = self.cluster_id.clone();
         self.client.get_or_insert_with(|| {
             let b = awc::Client::builder()
                 .connector(awc::Connector::new().local_address(self.local))
                 .timeout(self.timeout)
-                .disable_redirects();
+                .disable_redirects()
+                .add_default_header((CLUSTER_HEADER, cluster));
             match auth {
                 Some(v) => b.add_default_header(("authorization", v)),
                 None => b,
@@ -324,6 +332,14 @@ impl Actor for Replicator {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(usize::MAX);
+    }
+}
+
+impl Handler<StopReplicator> for Replicator {
+    type Result = ();
+
+    fn handle(&mut self, _: StopReplicator, ctx: &mut Self::Context) {
+        ctx.stop();
     }
 }
 

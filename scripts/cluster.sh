@@ -2,13 +2,17 @@
 # Starts or stops the local 3-node cluster of config/node{1,2,3}.toml.
 #   scripts/cluster.sh start        (make cluster: also restarts killed nodes)
 #   scripts/cluster.sh kill-leader  (make kill-leader: kill -9 the leader)
-#   scripts/cluster.sh stop         (make stop)
+#   scripts/cluster.sh stop         (make stop: the extra nodes too; 'start' brings them back)
+#   scripts/cluster.sh add N        (make add-node N=4: start config/nodeN.toml,
+#                                    which joins as a learner, then promote it)
+#   scripts/cluster.sh remove N     (make remove-node N=4: remove member N, stop it)
 # Data and logs live under $CLUSTER_DIR (default .cluster); the pids of the
 # processes it started are kept there, and `stop` stops exactly those.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DIR="${CLUSTER_DIR:-.cluster}"
 BIN="${RAFTKV_BIN:-target/release/raftkv}"
+CTL="${RAFTKVCTL_BIN:-target/release/raftkvctl}"
 PIDS="$DIR/pids"
 
 # GET a path over plain bash /dev/tcp (no curl needed); prints the body.
@@ -43,6 +47,16 @@ start)
     started=$((started+1))
   done
   [ "$started" -lt 3 ] && echo "restarted $started node(s) of the running cluster"
+  # Extra members added with 'make add-node' come back too.
+  for f in "$DIR"/pid.*; do
+    [ -e "$f" ] || continue
+    n="${f##*.}"
+    pid=$(cat "$f")
+    if ours "$pid"; then continue; fi
+    nohup "$BIN" --config "config/node$n.toml" >>"$DIR/node$n.log" 2>&1 &
+    echo $! >"$f"
+    echo "restarted extra member $n"
+  done
   # Wait until every node answers and one of them is the leader.
   leader=""
   for _ in $(seq 1 150); do
@@ -87,16 +101,39 @@ kill-leader)
   done
   echo "no leader found" >&2; exit 1
   ;;
+add)
+  n="${2:?usage: $0 add N}"
+  [ -f "config/node$n.toml" ] || { echo "no config/node$n.toml (there are node4 and node5; copy one for more)" >&2; exit 2; }
+  pid=$(cat "$DIR/pid.$n" 2>/dev/null || true)
+  if [ -n "$pid" ] && ours "$pid"; then echo "node $n is running already (pid $pid)"; else
+    mkdir -p "$DIR"
+    nohup "$BIN" --config "config/node$n.toml" >>"$DIR/node$n.log" 2>&1 &
+    echo $! >"$DIR/pid.$n"
+    echo "node $n started (log: $DIR/node$n.log); it joins as a learner"
+  fi
+  "$CTL" --endpoints "127.0.0.1:8001,127.0.0.1:8002,127.0.0.1:8003,127.0.0.1:800$n" member promote "$n" --wait 60
+  "$CTL" --endpoints "127.0.0.1:8001,127.0.0.1:8002,127.0.0.1:8003,127.0.0.1:800$n" member list
+  ;;
+remove)
+  n="${2:?usage: $0 remove N}"
+  eps="127.0.0.1:8001,127.0.0.1:8002,127.0.0.1:8003,127.0.0.1:8004,127.0.0.1:8005"
+  "$CTL" --endpoints "$eps" member remove "$n"
+  pid=$(cat "$DIR/pid.$n" 2>/dev/null || sed -n "${n}p" "$PIDS" 2>/dev/null || true)
+  if [ -n "$pid" ] && ours "$pid"; then kill "$pid"; echo "node $n stopped; its data stays in $DIR/node$n (its id is never reused)"; fi
+  rm -f "$DIR/pid.$n"
+  ;;
 stop)
-  [ -f "$PIDS" ] || { echo "no cluster started from here is running"; exit 0; }
-  for p in $(cat "$PIDS"); do ours "$p" && kill "$p" 2>/dev/null || true; done
-  for p in $(cat "$PIDS"); do
+  pids="$(cat "$PIDS" "$DIR"/pid.* 2>/dev/null || true)"
+  [ -n "$pids" ] || { echo "no cluster started from here is running"; exit 0; }
+  for p in $pids; do ours "$p" && kill "$p" 2>/dev/null || true; done
+  for p in $pids; do
     for _ in $(seq 1 50); do ours "$p" || break; sleep 0.1; done
     ours "$p" && kill -9 "$p" 2>/dev/null || true
   done
+  # pid.N of extra members stay: 'make cluster' starts them again.
   rm -f "$PIDS"
   echo "cluster stopped (data and logs kept in $DIR; 'make clean-cluster' removes them)"
   ;;
 *)
-  echo "usage: $0 start|stop" >&2; exit 2 ;;
+  echo "usage: $0 start|stop|kill-leader|add N|remove N" >&2; exit 2 ;;
 esac

@@ -62,6 +62,8 @@ pub struct HttpClient {
     pub timeout: Duration,
     /// Sent as `Authorization: Bearer <token>` when set.
     token: Option<String>,
+    /// Sent with every request too.
+    headers: Vec<(String, String)>,
 }
 
 impl std::fmt::Debug for HttpClient {
@@ -82,12 +84,18 @@ impl Default for HttpClient {
 
 impl HttpClient {
     pub fn new(timeout: Duration) -> Self {
-        HttpClient { connect_timeout: timeout.min(Duration::from_secs(2)), timeout, token: None }
+        HttpClient { connect_timeout: timeout.min(Duration::from_secs(2)), timeout, token: None, headers: Vec::new() }
     }
 
     /// The same client, sending `token` with every request.
     pub fn with_token(mut self, token: Option<String>) -> Self {
         self.token = token.filter(|t| !t.is_empty());
+        self
+    }
+
+    /// The same client, sending `name: value` with every request.
+    pub fn with_header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.to_string(), value.to_string()));
         self
     }
 
@@ -124,6 +132,9 @@ impl HttpClient {
         }
         if let Some(t) = &self.token {
             head.push_str(&format!("Authorization: Bearer {t}\r\n"));
+        }
+        for (name, value) in &self.headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
         }
         head.push_str("\r\n");
         let mut req = head.into_bytes();

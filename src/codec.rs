@@ -109,7 +109,10 @@ pub fn put_bool(out: &mut BytesMut, b: bool) {
 
 const ENTRY_NOOP: u8 = 0;
 const ENTRY_COMMAND: u8 = 1;
+/// A configuration without the removed ids (never written since they exist).
 const ENTRY_CONFIG: u8 = 2;
+/// A configuration: members, then the ids removed so far.
+const ENTRY_CONFIG_REMOVED: u8 = 3;
 
 pub fn put_entry(out: &mut BytesMut, e: &Entry) {
     out.put_u64_le(e.index);
@@ -121,8 +124,9 @@ pub fn put_entry(out: &mut BytesMut, e: &Entry) {
             put_bytes(out, b);
         }
         EntryData::Config(m) => {
-            out.put_u8(ENTRY_CONFIG);
+            out.put_u8(ENTRY_CONFIG_REMOVED);
             put_members(out, m);
+            put_removed(out, m);
         }
     }
 }
@@ -152,7 +156,37 @@ fn get_members(r: &mut Reader) -> Result<Membership, DecodeError> {
             return Err(DecodeError(format!("a configuration with member id {id} invalid or twice")));
         }
     }
-    Ok(Membership { members })
+    Ok(Membership { members, removed: Default::default() })
+}
+
+/// The removed ids: count (u32), then each id (u64).
+fn put_removed(out: &mut BytesMut, m: &Membership) {
+    out.put_u32_le(u32::try_from(m.removed.len()).expect("fewer than 4G removed members"));
+    for id in &m.removed {
+        out.put_u64_le(*id);
+    }
+}
+
+fn get_removed(r: &mut Reader, m: &mut Membership) -> Result<(), DecodeError> {
+    let n = r.u32("removed count")?;
+    if n as usize > r.remaining() / 8 {
+        return Err(DecodeError(format!("a configuration lists {n} removed ids, more than the bytes that follow")));
+    }
+    for _ in 0..n {
+        let id = r.u64("removed id")?;
+        if id == 0 || m.contains(id) || !m.removed.insert(id) {
+            return Err(DecodeError(format!("a configuration with removed id {id} invalid, a member, or twice")));
+        }
+    }
+    Ok(())
+}
+
+fn get_config(r: &mut Reader, with_removed: bool) -> Result<Membership, DecodeError> {
+    let mut m = get_members(r)?;
+    if with_removed {
+        get_removed(r, &mut m)?;
+    }
+    Ok(m)
 }
 
 pub fn get_entry(r: &mut Reader) -> Result<Entry, DecodeError> {
@@ -161,7 +195,8 @@ pub fn get_entry(r: &mut Reader) -> Result<Entry, DecodeError> {
     let data = match r.u8("entry kind")? {
         ENTRY_NOOP => EntryData::Noop,
         ENTRY_COMMAND => EntryData::Command(r.bytes("entry data")?),
-        ENTRY_CONFIG => EntryData::Config(get_members(r)?),
+        ENTRY_CONFIG => EntryData::Config(get_config(r, false)?),
+        ENTRY_CONFIG_REMOVED => EntryData::Config(get_config(r, true)?),
         k => return Err(DecodeError(format!("unknown entry kind {k}"))),
     };
     Ok(Entry { index, term, data })
@@ -192,21 +227,24 @@ const MAX_VOTERS: u32 = 1024;
 /// full (`put_members`). Without it, the u32 is a voter count followed by
 /// that many voter ids: the format before configuration changes, still read.
 const META_MEMBERS: u32 = 1 << 31;
+/// ... followed by the configuration and then its removed ids (`put_removed`).
+const META_MEMBERS_REMOVED: u32 = META_MEMBERS | 1;
 
 /// A snapshot's metadata: index, term, `META_MEMBERS`, the configuration.
 pub fn put_snapshot_meta(out: &mut BytesMut, meta: &SnapshotMeta) {
     out.put_u64_le(meta.index);
     out.put_u64_le(meta.term);
-    out.put_u32_le(META_MEMBERS);
+    out.put_u32_le(META_MEMBERS_REMOVED);
     put_members(out, &meta.membership);
+    put_removed(out, &meta.membership);
 }
 
 pub fn get_snapshot_meta(r: &mut Reader) -> Result<SnapshotMeta, DecodeError> {
     let index = r.u64("snapshot index")?;
     let term = r.u64("snapshot term")?;
     let n = r.u32("voter count")?;
-    if n == META_MEMBERS {
-        return Ok(SnapshotMeta { index, term, membership: get_members(r)? });
+    if n == META_MEMBERS || n == META_MEMBERS_REMOVED {
+        return Ok(SnapshotMeta { index, term, membership: get_config(r, n == META_MEMBERS_REMOVED)? });
     }
     if n > MAX_VOTERS {
         return Err(DecodeError(format!("snapshot metadata lists {n} voters (at most {MAX_VOTERS})")));
@@ -413,6 +451,46 @@ mod tests {
         for n in 0..enc.len() {
             assert!(decode_message(enc.slice(..n)).is_err(), "prefix of {n} bytes accepted");
         }
+    }
+
+    /// Configurations with removed ids survive entries and snapshot
+    /// metadata; the forms written before removed ids existed still read.
+    #[test]
+    fn configurations_roundtrip_and_the_previous_forms_still_read() {
+        let mut m = Membership::from_voters([1, 2]);
+        m.members.insert(4, Member { address: "127.0.0.1:8004".into(), voter: false });
+        m.removed.insert(3);
+        let e = Entry { index: 7, term: 2, data: EntryData::Config(m.clone()) };
+        let mut out = BytesMut::new();
+        put_entry(&mut out, &e);
+        assert_eq!(get_entry(&mut Reader::new(out.freeze())).unwrap(), e);
+        let meta = SnapshotMeta { index: 7, term: 2, membership: m.clone() };
+        let mut out = BytesMut::new();
+        put_snapshot_meta(&mut out, &meta);
+        assert_eq!(get_snapshot_meta(&mut Reader::new(out.freeze())).unwrap(), meta);
+
+        let mut without = m.clone();
+        without.removed.clear();
+        let mut old = BytesMut::new();
+        old.put_u64_le(7);
+        old.put_u64_le(2);
+        old.put_u8(ENTRY_CONFIG);
+        put_members(&mut old, &m);
+        let got = get_entry(&mut Reader::new(old.freeze())).unwrap();
+        assert_eq!(got.data, EntryData::Config(without.clone()));
+        let mut old = BytesMut::new();
+        old.put_u64_le(7);
+        old.put_u64_le(2);
+        old.put_u32_le(META_MEMBERS);
+        put_members(&mut old, &m);
+        assert_eq!(get_snapshot_meta(&mut Reader::new(old.freeze())).unwrap().membership, without);
+
+        // A removed id that is also a member is damage.
+        let mut bad = m.clone();
+        bad.removed.insert(4);
+        let mut out = BytesMut::new();
+        put_snapshot_meta(&mut out, &SnapshotMeta { index: 7, term: 2, membership: bad });
+        assert!(get_snapshot_meta(&mut Reader::new(out.freeze())).is_err());
     }
 
     #[test]

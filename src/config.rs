@@ -29,6 +29,15 @@ pub struct Args {
     /// The other voters, as id=host:port,id=host:port.
     #[arg(long, env = "RAFTKV_PEERS")]
     pub peers: Option<String>,
+    /// Join a running cluster through any of its nodes (host:port): this
+    /// node asks to be added as a learner and gets the data from the leader.
+    /// Only with an empty data directory; later starts ignore it. Not with --peers.
+    #[arg(long, env = "RAFTKV_JOIN")]
+    pub join: Option<SocketAddr>,
+    /// With --join to a cluster that has client tokens: an admin token
+    /// (better passed in the environment than on the command line).
+    #[arg(long, env = "RAFTKV_JOIN_TOKEN", hide_env_values = true)]
+    pub join_token: Option<String>,
     /// Directory for the write-ahead log.
     #[arg(long, env = "RAFTKV_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -108,6 +117,10 @@ pub struct Args {
     /// (and retried) (default 10000).
     #[arg(long, env = "RAFTKV_SNAPSHOT_CHUNK_TIMEOUT_MS")]
     pub snapshot_chunk_timeout_ms: Option<u64>,
+    /// A learner is promoted to voter only while its log is within this
+    /// many entries of the leader's (default 1000).
+    #[arg(long, env = "RAFTKV_PROMOTE_MAX_LAG")]
+    pub promote_max_lag: Option<u64>,
     /// Client tokens, one per line: `<name> <read|write|admin> sha256:<hex>`
     /// (`raftkvctl token new`). Set: every request but /health and /ready
     /// needs `Authorization: Bearer <token>`. Unset: no client auth.
@@ -130,6 +143,7 @@ pub struct FileSettings {
     pub id: Option<u64>,
     pub listen: Option<SocketAddr>,
     pub peers: Option<PeersSetting>,
+    pub join: Option<SocketAddr>,
     pub data_dir: Option<PathBuf>,
     pub log: Option<String>,
     pub heartbeat_ms: Option<u64>,
@@ -151,6 +165,7 @@ pub struct FileSettings {
     pub wal_segment_bytes: Option<u64>,
     pub snapshot_chunk_bytes: Option<usize>,
     pub snapshot_chunk_timeout_ms: Option<u64>,
+    pub promote_max_lag: Option<u64>,
     pub tokens_file: Option<PathBuf>,
     pub public_status: Option<bool>,
     pub cluster_secret_file: Option<PathBuf>,
@@ -169,8 +184,13 @@ pub enum PeersSetting {
 pub struct Settings {
     pub id: NodeId,
     pub listen: SocketAddr,
-    /// The other voters and their addresses.
+    /// The other voters and their addresses: the bootstrap configuration,
+    /// used only when the data directory is new (afterwards the
+    /// configuration comes from the log; `crate::cluster`).
     pub peers: BTreeMap<NodeId, SocketAddr>,
+    /// A node of a running cluster to join through (empty data directory only).
+    pub join: Option<SocketAddr>,
+    pub join_token: Option<String>,
     pub data_dir: PathBuf,
     pub log: String,
     pub heartbeat: Duration,
@@ -199,6 +219,7 @@ pub struct Settings {
     pub wal_segment_bytes: u64,
     pub snapshot_chunk_bytes: usize,
     pub snapshot_chunk_timeout: Duration,
+    pub promote_max_lag: u64,
     /// Client tokens (None: no client authentication).
     pub tokens: Option<Tokens>,
     pub public_status: bool,
@@ -276,6 +297,15 @@ impl Args {
         if peers.values().any(|a| *a == listen) {
             return Err(format!("--peers lists this node's own address {listen}"));
         }
+        let join = self.join.or(file.join);
+        if join.is_some() && !peers.is_empty() {
+            return Err("--join and --peers exclude each other: a new cluster starts from --peers, a node joins \
+                        a running one with --join"
+                .into());
+        }
+        if join == Some(listen) {
+            return Err(format!("--join {listen} is this node's own address; name a node of the running cluster"));
+        }
         let data_dir = self.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from(format!("data/node{id}")));
         let ms = |flag: Option<u64>, file: Option<u64>, default: u64| {
             Duration::from_millis(flag.or(file).unwrap_or(default))
@@ -284,6 +314,8 @@ impl Args {
             id,
             listen,
             peers,
+            join,
+            join_token: self.join_token,
             data_dir,
             log: self.log.or(file.log).or_else(|| std::env::var("RUST_LOG").ok()).unwrap_or_else(|| "info".into()),
             heartbeat: ms(self.heartbeat_ms, file.heartbeat_ms, 50),
@@ -305,6 +337,7 @@ impl Args {
             wal_segment_bytes: self.wal_segment_bytes.or(file.wal_segment_bytes).unwrap_or(64 << 20),
             snapshot_chunk_bytes: self.snapshot_chunk_bytes.or(file.snapshot_chunk_bytes).unwrap_or(1 << 20),
             snapshot_chunk_timeout: ms(self.snapshot_chunk_timeout_ms, file.snapshot_chunk_timeout_ms, 10_000),
+            promote_max_lag: self.promote_max_lag.or(file.promote_max_lag).unwrap_or(1000),
             tokens: self.tokens_file.or(file.tokens_file).map(|p| Tokens::load(&p)).transpose()?,
             public_status: self.public_status.or(file.public_status).unwrap_or(false),
             cluster_secret: self

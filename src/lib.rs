@@ -5,7 +5,8 @@
 //! * `state_machine` — what consensus replicates: apply, snapshot, restore.
 //! * `kv` — the key-value state machine, pure.
 //! * `codec`, `wal`, `snapshot` — binary formats of peer messages, the
-//!   write-ahead log and snapshot files; `recovery` — start-up from them.
+//!   write-ahead log and snapshot files; `recovery` — start-up from them;
+//!   `cluster` — the cluster's identity file and joining (`--join`).
 //! * `actors` (in `actors/`) — the actix actors that do the IO around them.
 //! * `http` — the actix-web front door: client API, operations, Raft RPCs.
 //! * `config`, `logging`, `metrics` — settings, per-actor logs, Prometheus.
@@ -15,6 +16,7 @@
 //! The chaos tester and the benchmark live in `tools/` (`raftkv-tools`).
 
 pub mod auth;
+pub mod cluster;
 pub mod codec;
 pub mod config;
 pub mod http;

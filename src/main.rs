@@ -7,7 +7,7 @@ use std::sync::Arc;
 use clap::Parser;
 use raftkv::config::Args;
 use raftkv::metrics::Metrics;
-use raftkv::{actors, http, logging, recovery};
+use raftkv::{actors, cluster, http, logging, recovery};
 
 fn main() -> ExitCode {
     let settings = match Args::parse().resolve() {
@@ -53,18 +53,29 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let b = &recovered.boot;
+    let fresh = b.hard_state == Default::default() && b.snapshot.is_none() && b.entries.is_empty();
+    let identity = match cluster::resolve(&settings, fresh) {
+        Ok(f) => f,
+        Err(e) => {
+            log::error!(target: "raftkv::consensus", "{e}");
+            eprintln!("raftkv: error: {e}");
+            return ExitCode::from(1);
+        }
+    };
     log::info!(
         target: "raftkv::consensus",
-        "node {} listening on {} with peers {:?}, data in {}",
+        "node {} of cluster {} listening on {}, data in {}",
         settings.id,
+        cluster::format_id(identity.cluster_id),
         settings.listen,
-        settings.peers,
         settings.data_dir.display()
     );
-    let metrics = Arc::new(Metrics::new(settings.id, settings.peers.keys().copied()));
+    // Per-peer series are added as members appear (Consensus).
+    let metrics = Arc::new(Metrics::new(settings.id, []));
     let result = actix_web::rt::System::new().block_on(async move {
         let r = recovered;
-        let node = actors::spawn_node(&settings, r.boot, r.store, r.snapshots, r.wal, metrics.clone());
+        let node = actors::spawn_node(&settings, &identity, r.boot, r.store, r.snapshots, r.wal, metrics.clone());
         http::serve(settings, listener, node, metrics).await
     });
     match result {

@@ -6,8 +6,8 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, RwLock};
 
 use crate::raft::{NodeId, Role};
 
@@ -107,7 +107,14 @@ pub struct Metrics {
     pub overloaded_requests: AtomicU64,
     /// Client requests dropped unproposed because their deadline had passed.
     pub expired_requests: AtomicU64,
-    pub peers: BTreeMap<NodeId, PeerMetrics>,
+    /// Per member, as the configuration changes (added when its replicator
+    /// starts, dropped when the member leaves).
+    peers: RwLock<BTreeMap<NodeId, Arc<PeerMetrics>>>,
+    /// Configuration changes this node has seen take effect.
+    pub config_changes: AtomicU64,
+    /// Members of the configuration in force: voters and learners.
+    pub voters: AtomicU64,
+    pub learners: AtomicU64,
     // state machine
     pub applied_index: AtomicU64,
     pub keys: AtomicU64,
@@ -167,7 +174,10 @@ impl Metrics {
             proposals: AtomicU64::new(0),
             overloaded_requests: AtomicU64::new(0),
             expired_requests: AtomicU64::new(0),
-            peers: peers.into_iter().map(|p| (p, PeerMetrics::default())).collect(),
+            peers: RwLock::new(peers.into_iter().map(|p| (p, Arc::default())).collect()),
+            config_changes: AtomicU64::new(0),
+            voters: AtomicU64::new(0),
+            learners: AtomicU64::new(0),
             applied_index: AtomicU64::new(0),
             keys: AtomicU64::new(0),
             fsync_seconds: Histogram::new(SECONDS),
@@ -197,8 +207,21 @@ impl Metrics {
         self.role.store(role_code(r), Relaxed);
     }
 
-    pub fn peer(&self, id: NodeId) -> Option<&PeerMetrics> {
-        self.peers.get(&id)
+    pub fn peer(&self, id: NodeId) -> Option<Arc<PeerMetrics>> {
+        self.peers.read().expect("metrics lock").get(&id).cloned()
+    }
+
+    /// The series of a member (kept if it already had some).
+    pub fn add_peer(&self, id: NodeId) -> Arc<PeerMetrics> {
+        self.peers.write().expect("metrics lock").entry(id).or_default().clone()
+    }
+
+    pub fn remove_peer(&self, id: NodeId) {
+        self.peers.write().expect("metrics lock").remove(&id);
+    }
+
+    pub fn peer_ids(&self) -> Vec<NodeId> {
+        self.peers.read().expect("metrics lock").keys().copied().collect()
     }
 
     pub fn observe_http(&self, route: &'static str, method: &'static str, status: u16, seconds: f64) {
@@ -241,6 +264,14 @@ impl Metrics {
             self.stable_index.load(Relaxed),
         );
         g(&mut o, "raftkv_keys", "Number of keys in the store.", self.keys.load(Relaxed));
+        g(&mut o, "raftkv_voters", "Voters in the configuration in force.", self.voters.load(Relaxed));
+        g(&mut o, "raftkv_learners", "Learners in the configuration in force.", self.learners.load(Relaxed));
+        c(
+            &mut o,
+            "raftkv_config_changes_total",
+            "Configurations this node has seen take effect (appended; one may later be undone).",
+            self.config_changes.load(Relaxed),
+        );
         c(
             &mut o,
             "raftkv_elections_started_total",
@@ -392,7 +423,7 @@ impl Metrics {
         ];
         for (name, kind, help, field) in per_peer {
             let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for (peer, m) in &self.peers {
+            for (peer, m) in self.peers.read().expect("metrics lock").iter() {
                 let _ = writeln!(o, "{name}{{peer=\"{peer}\"}} {}", field(m).load(Relaxed));
             }
         }

@@ -619,13 +619,17 @@ mod tests {
         let mut meta = Vec::new();
         meta.extend_from_slice(&m.index.to_le_bytes());
         meta.extend_from_slice(&m.term.to_le_bytes());
-        meta.extend_from_slice(&(1u32 << 31).to_le_bytes());
+        meta.extend_from_slice(&((1u32 << 31) | 1).to_le_bytes());
         meta.extend_from_slice(&(m.membership.members.len() as u32).to_le_bytes());
         for (id, member) in &m.membership.members {
             meta.extend_from_slice(&id.to_le_bytes());
             meta.push(member.voter as u8);
             meta.extend_from_slice(&(member.address.len() as u32).to_le_bytes());
             meta.extend_from_slice(member.address.as_bytes());
+        }
+        meta.extend_from_slice(&(m.membership.removed.len() as u32).to_le_bytes());
+        for id in &m.membership.removed {
+            meta.extend_from_slice(&id.to_le_bytes());
         }
         file_with_meta(&meta, data)
     }
@@ -690,6 +694,7 @@ mod tests {
         let data = body(600_000);
         let mut membership = Membership::from_voters([1, 2, 3]);
         membership.members.insert(4, Member { address: "127.0.0.4:7004".into(), voter: false });
+        membership.removed.insert(9);
         let m = SnapshotMeta { index: 10, term: 2, membership };
         let saved = dir
             .write(&m, 2, |w| {
@@ -760,7 +765,7 @@ mod tests {
         let saved = put(&dir, &m, 1, b"a small body");
         let path = saved.path;
         let good = fs::read(&path).unwrap();
-        assert_eq!(good.len(), 8 + 4 + 63 + 8 + 12 + 4);
+        assert_eq!(good.len(), 8 + 4 + 67 + 8 + 12 + 4);
 
         for i in 0..good.len() {
             for flip in [0x01, 0x80, 0xFF] {

@@ -473,6 +473,7 @@ impl Sim {
             seed: self.rng.next_u64(),
             max_apply_bytes: 256,
             promote_max_lag: 5,
+            addresses: BTreeMap::new(),
         }
     }
 

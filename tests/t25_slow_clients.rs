@@ -48,6 +48,11 @@ fn head(method: &str, path: &str, headers: &str) -> String {
     format!("{method} {path} HTTP/1.1\r\nHost: raftkv\r\n{headers}\r\n")
 }
 
+/// The header with the cluster's id that every peer request carries.
+fn cluster_header(c: &Cluster, id: u64) -> String {
+    format!("x-raftkv-cluster: {}\r\n", c.status(id).unwrap()["cluster_id"].as_str().unwrap())
+}
+
 /// A PUT whose Content-Length promises 100 bytes, of which 10 are sent.
 fn short_put(addr: &str, key: &str) -> Raw {
     let req = head("PUT", &format!("/kv/{key}"), "Content-Type: application/json\r\nContent-Length: 100\r\n");
@@ -243,7 +248,8 @@ fn stalled_connections_do_not_hold_up_other_clients() {
         for i in 0..3 {
             body_stalls.push(short_put(&addr, &format!("stall{i}")));
             body_stalls.push(unterminated_chunked_put(&addr, &format!("stall{i}")));
-            let rpc = head("POST", "/raft/append_entries", "Content-Length: 100\r\n");
+            let rpc =
+                head("POST", "/raft/append_entries", &format!("{}Content-Length: 100\r\n", cluster_header(&c, id)));
             body_stalls.push(open(&addr, "short append_entries body", format!("{rpc}\x01\x00\x00").as_bytes()));
             head_stalls.push(open(&addr, "half-sent head", b"PUT /kv/stall HTTP/1.1\r\nContent-Le"));
         }
@@ -281,7 +287,7 @@ fn a_raft_rpc_with_a_partial_body_gets_408() {
             let req = head(
                 "POST",
                 &format!("/raft/{kind}"),
-                "Content-Type: application/octet-stream\r\nContent-Length: 100\r\n",
+                &format!("{}Content-Type: application/octet-stream\r\nContent-Length: 100\r\n", cluster_header(&c, f)),
             );
             open(&c.addr(f), &format!("partial /raft/{kind} body"), format!("{req}\x01\x00\x00\x00\x00").as_bytes())
         })

@@ -12,7 +12,8 @@
 //! answers 503 (nothing was done), is skipped for the next one. Exit codes:
 //! 0 ok, 1 error, 2 usage, 3 not found, 4 precondition failed,
 //! 5 unavailable (no leader, no node reachable), 6 timeout (outcome unknown),
-//! 7 rejected as invalid.
+//! 7 rejected as invalid, 8 not authorized, 9 refused by the cluster's
+//! state (a membership change in progress, a learner behind, ...).
 
 use std::borrow::Cow;
 use std::process::ExitCode;
@@ -105,6 +106,17 @@ enum Cmd {
         #[arg(long)]
         to: Option<u64>,
     },
+    /// The cluster's members; add, promote or remove one (one change at a
+    /// time, each answered once committed).
+    Member {
+        #[command(subcommand)]
+        action: MemberCmd,
+    },
+    /// Leadership.
+    Leader {
+        #[command(subcommand)]
+        action: LeaderCmd,
+    },
     /// Show or change the per-actor log filter of the nodes.
     Log {
         #[command(subcommand)]
@@ -114,6 +126,33 @@ enum Cmd {
     Token {
         #[command(subcommand)]
         action: TokenCmd,
+    },
+}
+
+#[derive(Subcommand, Debug, Clone)]
+enum MemberCmd {
+    /// Every member with its role and, from the leader, how far behind it is.
+    List,
+    /// Add a new member as a learner: it receives the data but does not vote
+    /// (start the node itself with --join instead to have it ask by itself).
+    Add { id: u64, address: String },
+    /// Make a learner a voter; refused while it is far behind the leader
+    /// unless --wait gives it that many seconds to catch up.
+    Promote {
+        id: u64,
+        #[arg(long, default_value_t = 0.0)]
+        wait: f64,
+    },
+    /// Remove a member (the leader too: it hands over once the change commits).
+    Remove { id: u64 },
+}
+
+#[derive(Subcommand, Debug, Clone)]
+enum LeaderCmd {
+    /// Hand leadership to --to (default: the most up-to-date voter); waits until it leads.
+    Transfer {
+        #[arg(long)]
+        to: Option<u64>,
     },
 }
 
@@ -183,6 +222,7 @@ fn failure_of(r: &Response) -> Failure {
         504 => 6,
         400 | 405 | 413 => 7,
         401 | 403 => 8,
+        409 | 410 => 9,
         _ => 1,
     };
     let mut message = format!("{msg} (HTTP {}, {})", r.status, body["code"].as_str().unwrap_or("?"));
@@ -196,6 +236,94 @@ fn failure_of(r: &Response) -> Failure {
 }
 
 impl Ctl {
+    fn member(&self, action: &MemberCmd) -> Result<String, Failure> {
+        let changed = |v: &Value| {
+            let list = v["members"].as_array().cloned().unwrap_or_default();
+            let roles: Vec<String> =
+                list.iter().map(|m| format!("{} ({})", m["id"], m["role"].as_str().unwrap_or("?"))).collect();
+            format!(
+                "OK: {} (log index {}); members now {}",
+                v["change"].as_str().unwrap_or("?"),
+                v["index"],
+                roles.join(", ")
+            )
+        };
+        match action {
+            MemberCmd::List => {
+                let mut v = self.ok(self.send("GET", "/cluster/members", None)?)?;
+                // Replication progress is the leader's to show: ask it.
+                if v["leader"] != v["node"]
+                    && let Some(addr) = v["members"]
+                        .as_array()
+                        .and_then(|ms| ms.iter().find(|m| m["id"] == v["leader"]))
+                        .and_then(|m| m["address"].as_str())
+                    && let Ok(r) = self.http.get(addr, "/cluster/members")
+                    && r.status == 200
+                {
+                    v = r.json();
+                }
+                Ok(self.render(&v, || {
+                    let mut out = format!(
+                        "cluster {}  leader {}  term {}  configuration at index {}{}\n{:<4} {:<22} {:<8} {:>10} {:>8} {:>10}",
+                        v["cluster_id"].as_str().unwrap_or("?"),
+                        v["leader"],
+                        v["term"],
+                        v["config_index"],
+                        if v["config_committed"] == true { "" } else { " (not committed yet)" },
+                        "ID",
+                        "ADDRESS",
+                        "ROLE",
+                        "MATCH",
+                        "LAG",
+                        "REACHABLE"
+                    );
+                    for m in v["members"].as_array().into_iter().flatten() {
+                        let num = |f: &str| m[f].as_u64().map_or("-".to_string(), |n| n.to_string());
+                        out += &format!(
+                            "\n{:<4} {:<22} {:<8} {:>10} {:>8} {:>10}",
+                            m["id"].as_u64().unwrap_or(0),
+                            m["address"].as_str().unwrap_or(""),
+                            m["role"].as_str().unwrap_or(""),
+                            num("match_index"),
+                            num("lag"),
+                            m["reachable"].as_bool().map_or("-", |r| if r { "yes" } else { "no" })
+                        );
+                    }
+                    if let Some(r) = v["removed"].as_array().filter(|r| !r.is_empty()) {
+                        let ids: Vec<String> = r.iter().map(Value::to_string).collect();
+                        out += &format!("\nremoved ids (never reused): {}", ids.join(", "));
+                    }
+                    out
+                }))
+            }
+            MemberCmd::Add { id, address } => {
+                let body = json!({"id": id, "address": address, "learner": true});
+                let v = self.ok(self.send("POST", "/cluster/members", Some(&body))?)?;
+                Ok(self.render(&v, || changed(&v)))
+            }
+            MemberCmd::Promote { id, wait } => {
+                let until = std::time::Instant::now() + Duration::from_secs_f64(wait.max(0.0));
+                let path = format!("/cluster/members/{id}/promote");
+                loop {
+                    let r = self.send("POST", &path, None)?;
+                    let code = r.json()["code"].as_str().unwrap_or_default().to_string();
+                    // Waiting covers a node that is still joining, too.
+                    let passing = matches!(code.as_str(), "learner_behind" | "change_in_progress" | "unknown_member");
+                    if (r.status == 409 || r.status == 404) && passing && std::time::Instant::now() < until {
+                        std::thread::sleep(Duration::from_millis(200));
+                        continue;
+                    }
+                    let v = self.ok(r)?;
+                    return Ok(self.render(&v, || changed(&v)));
+                }
+            }
+            MemberCmd::Remove { id } => {
+                let v = self.ok(self.send("DELETE", &format!("/cluster/members/{id}"), None)?)?;
+                Ok(self.render(&v, || changed(&v)))
+            }
+        }
+    }
+
     /// Sends to the first endpoint that takes the request. Falls over on
     /// connection errors and on 503 (which promises nothing was done).
     fn send(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Response, Failure> {
@@ -265,7 +393,7 @@ impl Ctl {
             }
             Cmd::Status => self.status(),
             Cmd::Snapshot { node } => self.snapshot(node.as_deref()),
-            Cmd::TransferLeader { to } => {
+            Cmd::TransferLeader { to } | Cmd::Leader { action: LeaderCmd::Transfer { to } } => {
                 let body = match to {
                     Some(id) => json!({"to": id}),
                     None => json!({}),
@@ -294,6 +422,7 @@ impl Ctl {
                 let v = json!({"name": name, "role": role.as_str(), "token": token, "tokens_file_line": line});
                 Ok(self.render(&v, || format!("token: {token}\ntokens file line: {line}")))
             }
+            Cmd::Member { action } => self.member(action),
             Cmd::Log { action: LogCmd::Get } => self.log(None, None),
             Cmd::Log { action: LogCmd::Set { filter, node } } => self.log(Some(filter), node.as_deref()),
         }

@@ -320,7 +320,7 @@ pub(super) async fn forward(
     body: Bytes,
     leader: NodeId,
 ) -> Result<HttpResponse, ApiError> {
-    let Some(addr) = state.settings.address_of(leader) else {
+    let Some(addr) = state.node.cluster.borrow().address_of(leader).map(str::to_string) else {
         return Err(ApiError::no_leader(format!("leader {leader} has no known address")));
     };
     let pq = req.uri().path_and_query().map_or(req.uri().path(), |pq| pq.as_str());

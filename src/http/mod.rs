@@ -6,7 +6,8 @@
 //! Routes, grouped:
 //! * client API (`client_api.rs`): `/kv/{key}`, `/kv?prefix=`
 //! * operations (`admin.rs`): `/health`, `/ready`, `/status`, `/metrics`, `/admin/log`, `/admin/snapshot`,
-//!   `/admin/transfer-leader`
+//!   `/admin/transfer-leader` (also `/cluster/leader/transfer`)
+//! * membership (`cluster.rs`): `/cluster/members`, `/cluster/members/{id}`, `/cluster/members/{id}/promote`
 //! * Raft internal (`raft_rpc.rs`): `/raft/request_vote`, `/raft/append_entries`, `/raft/heartbeat`,
 //!   `/raft/timeout_now`, `/raft/install_snapshot` (chunks of a snapshot file)
 //!
@@ -17,6 +18,7 @@
 
 pub mod admin;
 pub mod client_api;
+pub mod cluster;
 pub mod conn_watch;
 pub mod errors;
 pub mod raft_rpc;
@@ -164,6 +166,10 @@ fn route_name(req: &HttpRequest) -> &'static str {
         Some("/admin/log") => "/admin/log",
         Some("/admin/snapshot") => "/admin/snapshot",
         Some("/admin/transfer-leader") => "/admin/transfer-leader",
+        Some("/cluster/leader/transfer") => "/cluster/leader/transfer",
+        Some("/cluster/members") => "/cluster/members",
+        Some("/cluster/members/{id}") => "/cluster/members/{id}",
+        Some("/cluster/members/{id}/promote") => "/cluster/members/{id}/promote",
         Some("/raft/timeout_now") => "/raft/timeout_now",
         Some("/raft/install_snapshot") => "/raft/install_snapshot",
         Some("/raft/request_vote") => "/raft/request_vote",
@@ -227,6 +233,27 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .service(
         web::resource("/admin/transfer-leader")
             .route(web::post().to(admin::transfer_leader))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/cluster/leader/transfer")
+            .route(web::post().to(admin::transfer_leader))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/cluster/members")
+            .route(web::get().to(cluster::list))
+            .route(web::post().to(cluster::add))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/cluster/members/{id}")
+            .route(web::delete().to(cluster::remove))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/cluster/members/{id}/promote")
+            .route(web::post().to(cluster::promote))
             .default_service(web::to(method_not_allowed)),
     )
     .service(

@@ -21,6 +21,8 @@ use super::AppState;
 use super::client_api::read_body;
 use super::errors::ApiError;
 use crate::actors::messages::{InboundRpc, ReceiveChunk};
+use crate::actors::replicator::CLUSTER_HEADER;
+use crate::cluster::{format_id, parse_id};
 use crate::codec::{decode_message, decode_snapshot_chunk, encode_message};
 use crate::config::MAX_SNAPSHOT_CHUNK;
 use crate::raft::{Body, Message, MessageKind};
@@ -31,6 +33,7 @@ pub async fn handle(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     state.authorize_peer(&req)?;
+    check_cluster(&req, &state)?;
     let body = read_body(&req, payload, state.peer_body_limit(), state.settings.request_read_timeout).await?;
     let msg =
         decode_message(body).map_err(|e| ApiError::bad_request("invalid_message", format!("bad Raft message: {e}")))?;
@@ -58,10 +61,49 @@ fn check_peer(msg: &Message, state: &AppState) -> Result<(), ApiError> {
             format!("message for node {} delivered to node {}", msg.to, state.settings.id),
         ));
     }
-    if msg.from == state.settings.id || !state.settings.peers.contains_key(&msg.from) {
-        return Err(ApiError::bad_request("unknown_peer", format!("node {} is not a peer of this node", msg.from)));
+    if msg.from == state.settings.id {
+        return Err(ApiError::bad_request("unknown_peer", format!("node {} sent a message to itself", msg.from)));
+    }
+    // A node removed from the cluster is refused whatever it sends, so a
+    // removed node that comes back cannot disturb the members (its votes
+    // would raise their terms). A node this one does not know yet is not
+    // refused: it may be a member whose configuration entry has not
+    // reached this node (the leader of a newer configuration, or a voter
+    // whose vote this lagging node's log could still help elect).
+    let view = state.node.cluster.borrow();
+    if view.membership.was_removed(msg.from) {
+        return Err(ApiError::new(
+            StatusCode::GONE,
+            "removed_member",
+            format!(
+                "node {} was removed from cluster {}; to take part again, wipe its data directory and start it \
+                 with a new id and --join",
+                msg.from,
+                format_id(view.cluster_id)
+            ),
+        ));
     }
     Ok(())
+}
+
+/// Every peer request carries the sender's cluster id: a node of another
+/// cluster (another `--peers` list, or a stray process on a reused port)
+/// is refused before its message is read.
+fn check_cluster(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
+    let mine = state.node.cluster.borrow().cluster_id;
+    let theirs = req.headers().get(CLUSTER_HEADER).and_then(|v| v.to_str().ok());
+    match theirs.map(parse_id) {
+        Some(Ok(id)) if id == mine => Ok(()),
+        Some(Ok(id)) => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "wrong_cluster",
+            format!("this node belongs to cluster {}, the request to cluster {}", format_id(mine), format_id(id)),
+        )),
+        _ => Err(ApiError::bad_request(
+            "missing_cluster_id",
+            format!("peer requests must carry the cluster id in the {CLUSTER_HEADER} header"),
+        )),
+    }
 }
 
 /// Hands `msg` to the consensus core and answers with the core's response.
@@ -86,6 +128,7 @@ pub async fn install_snapshot(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     state.authorize_peer(&req)?;
+    check_cluster(&req, &state)?;
     // The sender's chunk size is its own setting: accept up to the largest allowed.
     let body = read_body(&req, payload, MAX_SNAPSHOT_CHUNK + (64 << 10), state.settings.request_read_timeout).await?;
     let chunk = decode_snapshot_chunk(body)

@@ -37,8 +37,15 @@ const T_CONSENSUS: &str = "raftkv::consensus";
 pub struct Config {
     pub id: NodeId,
     /// The bootstrap configuration: every voter, including `id`. Used only
-    /// until the log or a snapshot holds a configuration of its own.
+    /// until the log or a snapshot holds a configuration of its own. Empty
+    /// on a node that joins a running cluster: it has no configuration (and
+    /// never campaigns) until the leader sends it one.
     pub voters: Vec<NodeId>,
+    /// Addresses of the bootstrap voters, carried into the configuration
+    /// entries and snapshots, so that members which joined later (and have
+    /// no `--peers`) know where everyone is. Also fills in addresses a
+    /// configuration from an older snapshot lacks.
+    pub addresses: BTreeMap<NodeId, String>,
     /// A learner is promoted to voter only if its log is within this many
     /// entries of the leader's.
     pub promote_max_lag: Index,
@@ -69,9 +76,6 @@ impl Config {
     pub fn validate(&self) -> Result<(), String> {
         if self.id == 0 {
             return Err("node id must be positive".into());
-        }
-        if self.voters.is_empty() {
-            return Err("the bootstrap configuration needs at least one voter".into());
         }
         if self.heartbeat_ticks == 0 || self.heartbeat_ticks >= self.election_ticks {
             return Err("heartbeat interval must be positive and shorter than the election timeout".into());
@@ -357,11 +361,18 @@ impl Raft {
     pub fn restart(cfg: Config, hard_state: HardState, snapshot: Option<SnapshotMeta>, entries: Vec<Entry>) -> Self {
         cfg.validate().expect("invalid raft config");
         let snapshot = snapshot.unwrap_or_default();
-        let base = if snapshot.membership.voters().next().is_some() {
+        let mut base = if snapshot.membership.voters().next().is_some() {
             snapshot.membership.clone()
         } else {
             Membership::from_voters(cfg.voters.iter().copied())
         };
+        for (id, m) in base.members.iter_mut() {
+            if m.address.is_empty()
+                && let Some(a) = cfg.addresses.get(id)
+            {
+                m.address = a.clone();
+            }
+        }
         let mut confs = BTreeMap::from([(snapshot.index, base)]);
         for e in &entries {
             if let EntryData::Config(m) = &e.data {
@@ -752,6 +763,10 @@ impl Raft {
                 if next.contains(*id) {
                     return Err(ConfChangeError::AlreadyMember(*id));
                 }
+                // Safe in Raft when the node kept its state; the node refuses
+                // ids that were removed (a node with that id may have lost its
+                // state, and would then vote twice in a term): `http::cluster`.
+                next.removed.remove(id);
                 next.members.insert(*id, Member { address: address.clone(), voter: false });
             }
             ConfChange::Promote { id } => {
@@ -771,6 +786,7 @@ impl Raft {
                 if next.members.remove(id).is_none() {
                     return Err(ConfChangeError::UnknownMember(*id));
                 }
+                next.removed.insert(*id);
                 if next.voters().next().is_none() {
                     return Err(ConfChangeError::LastVoter(*id));
                 }
@@ -807,7 +823,7 @@ impl Raft {
     }
 
     /// Leader: has this member (or this node) answered within an election timeout?
-    fn reachable(&self, id: NodeId) -> bool {
+    pub fn reachable(&self, id: NodeId) -> bool {
         id == self.id || self.progress.get(&id).is_some_and(|p| self.now - p.last_active_tick < self.cfg.election_ticks)
     }
 

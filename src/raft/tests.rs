@@ -27,6 +27,7 @@ fn config(id: NodeId, voters: &[NodeId]) -> Config {
         seed: id * 7919,
         max_apply_bytes: 1 << 20,
         promote_max_lag: 5,
+        addresses: BTreeMap::new(),
     }
 }
 

@@ -1,7 +1,7 @@
 //! The vocabulary of the paper: terms, indexes, log entries and the state
 //! that figure 2 calls "persistent state on all servers".
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
 
@@ -44,13 +44,16 @@ pub struct Member {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Membership {
     pub members: BTreeMap<NodeId, Member>,
+    /// Ids of members removed so far: never members again (a node that
+    /// comes back with one is refused; a new member takes a new id).
+    pub removed: BTreeSet<NodeId>,
 }
 
 impl Membership {
     /// Voters without addresses (a bootstrap configuration).
     pub fn from_voters(ids: impl IntoIterator<Item = NodeId>) -> Self {
         let members = ids.into_iter().map(|id| (id, Member { address: String::new(), voter: true })).collect();
-        Membership { members }
+        Membership { members, removed: BTreeSet::new() }
     }
     pub fn voters(&self) -> impl Iterator<Item = NodeId> + '_ {
         self.members.iter().filter(|(_, m)| m.voter).map(|(&id, _)| id)
@@ -66,6 +69,12 @@ impl Membership {
     }
     pub fn contains(&self, id: NodeId) -> bool {
         self.members.contains_key(&id)
+    }
+    pub fn was_removed(&self, id: NodeId) -> bool {
+        self.removed.contains(&id)
+    }
+    pub fn address_of(&self, id: NodeId) -> Option<&str> {
+        self.members.get(&id).map(|m| m.address.as_str()).filter(|a| !a.is_empty())
     }
 }
 
@@ -107,7 +116,9 @@ impl Entry {
         24 + match &self.data {
             EntryData::Noop => 0,
             EntryData::Command(b) => b.len(),
-            EntryData::Config(m) => m.members.values().map(|m| 16 + m.address.len()).sum(),
+            EntryData::Config(m) => {
+                m.members.values().map(|m| 16 + m.address.len()).sum::<usize>() + 8 * m.removed.len()
+            }
         }
     }
 }

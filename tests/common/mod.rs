@@ -21,17 +21,28 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_raftkv");
 
 static CLUSTERS: AtomicU32 = AtomicU32::new(0);
 
-/// The command line of node `id` of a cluster whose node i listens on
-/// `addrs[i - 1]`.
-fn node_command(id: u64, addrs: &[SocketAddr], data_dir: &std::path::Path, extra_args: &[String]) -> Command {
-    let peers: Vec<String> =
-        (1..=addrs.len() as u64).filter(|&p| p != id).map(|p| format!("{p}={}", addrs[p as usize - 1])).collect();
+/// The command line of node `id` listening on `addr`: a bootstrap member
+/// of the cluster whose first nodes listen on `bootstrap`, or (`join`) a
+/// node that joins it through that address.
+fn node_command(
+    id: u64,
+    addr: SocketAddr,
+    bootstrap: &[(u64, SocketAddr)],
+    join: Option<SocketAddr>,
+    data_dir: &std::path::Path,
+    extra_args: &[String],
+) -> Command {
     let mut cmd = Command::new(BIN);
-    cmd.args(["--id", &id.to_string(), "--listen", &addrs[id as usize - 1].to_string(), "--peers", &peers.join(",")])
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args(extra_args)
-        .env_remove("RUST_LOG");
+    cmd.args(["--id", &id.to_string(), "--listen", &addr.to_string()]);
+    match join {
+        Some(j) => cmd.args(["--join", &j.to_string()]),
+        None => {
+            let peers: Vec<String> =
+                bootstrap.iter().filter(|(p, _)| *p != id).map(|(p, a)| format!("{p}={a}")).collect();
+            cmd.args(["--peers", &peers.join(",")])
+        }
+    };
+    cmd.arg("--data-dir").arg(data_dir).args(extra_args).env_remove("RUST_LOG");
     cmd
 }
 
@@ -55,6 +66,8 @@ pub struct Node {
     pub data_dir: PathBuf,
     pub log_path: PathBuf,
     pub child: Option<Child>,
+    /// Started with `--join` through this address instead of `--peers`.
+    pub join: Option<SocketAddr>,
 }
 
 pub struct Cluster {
@@ -88,6 +101,7 @@ impl Cluster {
                     data_dir: dir.join(format!("node{id}")),
                     log_path: dir.join(format!("node{id}.log")),
                     child: None,
+                    join: None,
                 }
             })
             .collect();
@@ -130,8 +144,10 @@ impl Cluster {
 
     /// The command line node `id` is started with.
     pub fn command(&self, id: u64) -> Command {
-        let addrs: Vec<SocketAddr> = self.nodes.iter().map(|n| n.addr).collect();
-        let mut cmd = node_command(id, &addrs, &self.node(id).data_dir, &self.args);
+        let bootstrap: Vec<(u64, SocketAddr)> =
+            self.nodes.iter().filter(|n| n.join.is_none()).map(|n| (n.id, n.addr)).collect();
+        let n = self.node(id);
+        let mut cmd = node_command(id, n.addr, &bootstrap, n.join, &n.data_dir, &self.args);
         if !self.args.iter().any(|a| a == "--log") {
             cmd.arg("--log").arg("info");
         }
@@ -155,6 +171,48 @@ impl Cluster {
                 panic!("node {id} exited at start with {status}; log:\n{}", self.log(id));
             }
             client.get(&addr, "/health").ok().filter(|r| r.status == 200)
+        });
+    }
+
+    /// A new node, the next id, with an empty data directory, started with
+    /// `--join` through node `via`: it asks to be added as a learner.
+    pub fn add_joining_node(&mut self, via: u64) -> u64 {
+        let id = self.nodes.len() as u64 + 1;
+        let ip = IpAddr::V4(Ipv4Addr::new(127, self.net.0, self.net.1, id as u8));
+        self.nodes.push(Node {
+            id,
+            addr: SocketAddr::new(ip, free_port(ip)),
+            data_dir: self.dir.join(format!("node{id}")),
+            log_path: self.dir.join(format!("node{id}.log")),
+            child: None,
+            join: Some(self.node(via).addr),
+        });
+        self.spawn(id);
+        id
+    }
+
+    /// The members as node `id` sees them (`GET /cluster/members`).
+    pub fn members(&self, id: u64) -> Value {
+        let r = self.client.get(&self.addr(id), "/cluster/members").expect("GET /cluster/members");
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.json()
+    }
+
+    /// Waits until node `id` sees `voters` as voters and `learners` as learners, committed.
+    pub fn wait_members(&self, id: u64, voters: &[u64], learners: &[u64], timeout: Duration) {
+        eventually(timeout, &format!("node {id} to see voters {voters:?}, learners {learners:?}"), || {
+            let r = HttpClient::new(Duration::from_millis(500)).get(&self.addr(id), "/cluster/members").ok()?;
+            let v = r.json();
+            let ids = |role: &str| -> Vec<u64> {
+                v["members"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|m| m["role"] == role)
+                    .filter_map(|m| m["id"].as_u64())
+                    .collect()
+            };
+            (v["config_committed"] == true && ids("voter") == voters && ids("learner") == learners).then_some(())
         });
     }
 
