@@ -17,6 +17,11 @@ pub struct ChaosNode {
     pub log_path: PathBuf,
     pub child: Option<Child>,
     pub paused: bool,
+    /// Joined the running cluster (`--join` through this address) rather
+    /// than bootstrapping it.
+    pub join: Option<SocketAddr>,
+    /// Removed from the cluster and stopped for good (ids are never reused).
+    pub retired: bool,
 }
 
 pub struct ChaosCluster {
@@ -40,11 +45,26 @@ pub fn node_command(binary: &Path, id: u64, addrs: &[SocketAddr], data_dir: &Pat
         .arg("--listen")
         .arg(addrs[id as usize - 1].to_string())
         .arg("--peers")
-        .arg(peers.join(","))
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args(extra_args)
-        .env_remove("RUST_LOG");
+        .arg(peers.join(","));
+    with_common_args(cmd, data_dir, extra_args)
+}
+
+/// A node that joins a running cluster through `via`.
+fn join_command(
+    binary: &Path,
+    id: u64,
+    addr: SocketAddr,
+    via: SocketAddr,
+    data_dir: &Path,
+    extra: &[String],
+) -> Command {
+    let mut cmd = Command::new(binary);
+    cmd.arg("--id").arg(id.to_string()).arg("--listen").arg(addr.to_string()).arg("--join").arg(via.to_string());
+    with_common_args(cmd, data_dir, extra)
+}
+
+fn with_common_args(mut cmd: Command, data_dir: &Path, extra_args: &[String]) -> Command {
+    cmd.arg("--data-dir").arg(data_dir).args(extra_args).env_remove("RUST_LOG");
     cmd
 }
 
@@ -85,6 +105,8 @@ impl ChaosCluster {
                 log_path: dir.join(format!("node{id}.log")),
                 child: None,
                 paused: false,
+                join: None,
+                retired: false,
             });
         }
         let tag = format!("raftkv-chaos-{}", std::process::id());
@@ -95,8 +117,37 @@ impl ChaosCluster {
         &self.nodes[id as usize - 1]
     }
 
+    /// The nodes that are members (not retired).
     pub fn ids(&self) -> Vec<u64> {
-        self.nodes.iter().map(|n| n.id).collect()
+        self.nodes.iter().filter(|n| !n.retired).map(|n| n.id).collect()
+    }
+
+    /// Starts a new node (the next id, an empty data directory) that joins
+    /// the cluster through member `via` as a learner.
+    pub fn add_joining(&mut self, via: u64) -> std::io::Result<u64> {
+        let id = self.nodes.len() as u64 + 1;
+        let IpAddr::V4(first) = self.nodes[0].addr.ip() else { unreachable!("IPv4 loopback") };
+        let [a, b, c, _] = first.octets();
+        let ip = IpAddr::V4(Ipv4Addr::new(a, b, c, id as u8));
+        let dir = self.nodes[0].data_dir.parent().unwrap_or(Path::new(".")).to_path_buf();
+        self.nodes.push(ChaosNode {
+            id,
+            addr: SocketAddr::new(ip, free_port(ip)?),
+            data_dir: dir.join(format!("node{id}")),
+            log_path: dir.join(format!("node{id}.log")),
+            child: None,
+            paused: false,
+            join: Some(self.node(via).addr),
+            retired: false,
+        });
+        self.start(id)?;
+        Ok(id)
+    }
+
+    /// Stops a node that was removed from the cluster, for good.
+    pub fn retire(&mut self, id: u64) {
+        self.kill(id);
+        self.nodes[id as usize - 1].retired = true;
     }
 
     pub fn addr(&self, id: u64) -> String {
@@ -108,14 +159,14 @@ impl ChaosCluster {
     }
 
     pub fn start(&mut self, id: u64) -> std::io::Result<()> {
-        let addrs: Vec<SocketAddr> = self.nodes.iter().map(|n| n.addr).collect();
+        let addrs: Vec<SocketAddr> = self.nodes.iter().filter(|n| n.join.is_none()).map(|n| n.addr).collect();
         let node = &self.nodes[id as usize - 1];
         let log = fs::OpenOptions::new().create(true).append(true).open(&node.log_path)?;
-        let child = node_command(&self.binary, id, &addrs, &node.data_dir, &self.extra_args)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()?;
+        let mut cmd = match node.join {
+            Some(via) => join_command(&self.binary, id, node.addr, via, &node.data_dir, &self.extra_args),
+            None => node_command(&self.binary, id, &addrs, &node.data_dir, &self.extra_args),
+        };
+        let child = cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log).spawn()?;
         let node = &mut self.nodes[id as usize - 1];
         node.child = Some(child);
         node.paused = false;
@@ -209,7 +260,7 @@ impl ChaosCluster {
     pub fn leader(&self) -> Option<u64> {
         let http = HttpClient::new(Duration::from_millis(300));
         for n in &self.nodes {
-            if n.child.is_none() || n.paused {
+            if n.child.is_none() || n.paused || n.retired {
                 continue;
             }
             if let Ok(r) = http.get(&n.addr.to_string(), "/status")
@@ -227,7 +278,11 @@ impl ChaosCluster {
         let http = HttpClient::new(Duration::from_millis(500));
         let start = Instant::now();
         while start.elapsed() < timeout {
-            let all = self.nodes.iter().all(|n| http.get(&n.addr.to_string(), "/ready").is_ok_and(|r| r.status == 200));
+            let all = self
+                .nodes
+                .iter()
+                .filter(|n| !n.retired)
+                .all(|n| http.get(&n.addr.to_string(), "/ready").is_ok_and(|r| r.status == 200));
             if all {
                 return true;
             }

@@ -38,12 +38,17 @@ pub enum Fault {
     OneWay,
     /// Two sides that cannot talk, and one node that talks to both.
     Bridge,
-    /// A partition and a crash or pause at the same time.
+    /// A partition and a crash, pause, leadership transfer or replacement at the same time.
     Combined,
+    /// Hand leadership to a random voter (`POST /cluster/leader/transfer`).
+    Transfer,
+    /// Replace a random member, the leader too: a new node joins with
+    /// `--join`, is promoted, and the old one is removed and stopped.
+    Replace,
 }
 
 impl Fault {
-    pub const ALL: [Fault; 9] = [
+    pub const ALL: [Fault; 11] = [
         Fault::Kill,
         Fault::KillLeader,
         Fault::Pause,
@@ -53,6 +58,8 @@ impl Fault {
         Fault::OneWay,
         Fault::Bridge,
         Fault::Combined,
+        Fault::Transfer,
+        Fault::Replace,
     ];
 
     pub fn name(self) -> &'static str {
@@ -66,6 +73,8 @@ impl Fault {
             Fault::OneWay => "one-way",
             Fault::Bridge => "bridge",
             Fault::Combined => "combined",
+            Fault::Transfer => "transfer",
+            Fault::Replace => "replace",
         }
     }
 
@@ -97,6 +106,7 @@ pub fn parse_faults(spec: &str) -> Result<Vec<Fault>, String> {
             "partitions" => out.extend([Fault::PartitionLeader, Fault::PartitionHalves, Fault::OneWay, Fault::Bridge]),
             "crashes" => out.extend([Fault::Kill, Fault::KillLeader]),
             "pauses" => out.extend([Fault::Pause, Fault::PauseLeader]),
+            "membership" => out.extend([Fault::Transfer, Fault::Replace]),
             "none" => {}
             f => out.push(f.parse()?),
         }
@@ -194,8 +204,9 @@ pub struct Report {
 
 /// Counts snapshot lines in the node logs of a run: taken, sent, installed.
 fn snapshot_activity(dir: &std::path::Path, nodes: u64) -> (usize, usize, usize) {
+    // Nodes that joined later (Replace) have the ids after the first `nodes`.
     let logs: Vec<String> =
-        (1..=nodes).map(|id| fs::read_to_string(dir.join(format!("node{id}.log"))).unwrap_or_default()).collect();
+        (1..=nodes + 250).map_while(|id| fs::read_to_string(dir.join(format!("node{id}.log"))).ok()).collect();
     let count = |pat: &str| logs.iter().map(|l| l.matches(pat).count()).sum();
     (count(" took snapshot at "), count(": snapshot sent: "), count(" installs snapshot at "))
 }
@@ -208,6 +219,8 @@ struct Shared {
     stop: AtomicBool,
     /// Times (µs) when a majority was not connected: (from, to).
     degraded: Mutex<Vec<(u64, u64)>>,
+    /// The members clients talk to, as (id, address); changed by `Replace`.
+    members: Mutex<Vec<(u64, String)>>,
 }
 
 impl Shared {
@@ -249,22 +262,25 @@ fn classify(
     }
 }
 
-fn client_loop(id: usize, cfg: &ChaosConfig, cluster_addrs: &[String], shared: &Shared, seed: u64) {
+fn client_loop(id: usize, cfg: &ChaosConfig, shared: &Shared, seed: u64) {
     let mut rng = SplitMix64(seed);
     let http = HttpClient::new(Duration::from_secs(3));
     let mut last_seen: BTreeMap<String, String> = BTreeMap::new();
     let mut n = 0u64;
     while !shared.stop.load(Ordering::Relaxed) {
         n += 1;
-        let node = (rng.next_u64() % cluster_addrs.len() as u64) as usize;
-        let addr = &cluster_addrs[node];
+        let (node, addr) = {
+            let members = shared.members.lock().unwrap();
+            members[(rng.next_u64() % members.len() as u64) as usize].clone()
+        };
+        let addr = &addr;
         let key = format!("key{}", rng.next_u64() % cfg.keys as u64);
         let roll = rng.next_u64() % 100;
         let invoke = shared.now();
         let mut rec = OpRecord {
             id: 0,
             client: id,
-            node: node as u64 + 1,
+            node,
             key: key.clone(),
             kind: "read",
             value: None,
@@ -396,10 +412,78 @@ fn inject(c: &mut ChaosCluster, fault: Fault, rng: &mut SplitMix64) -> String {
         }
         Fault::Combined => {
             let first = inject(c, pick(rng, &[Fault::PartitionLeader, Fault::PartitionHalves, Fault::OneWay]), rng);
-            let second = inject(c, pick(rng, &[Fault::Kill, Fault::Pause]), rng);
+            let second = inject(c, pick(rng, &[Fault::Kill, Fault::Pause, Fault::Transfer, Fault::Replace]), rng);
             format!("{first} + {second}")
         }
+        Fault::Transfer => {
+            let via = any(rng);
+            let to = any(rng);
+            let http = HttpClient::new(Duration::from_secs(3));
+            let body = json!({"to": to}).to_string();
+            let answer = match http.request(&c.addr(via), "POST", "/cluster/leader/transfer", Some(body.as_bytes())) {
+                Ok(r) => format!("{} {}", r.status, r.json()["code"].as_str().unwrap_or("")),
+                Err(e) => e.to_string(),
+            };
+            format!("transfer leadership to {to} via {via}: {answer}")
+        }
+        Fault::Replace => replace(c, rng),
     }
+}
+
+/// Sends a membership request to live members in turn until one answers
+/// 2xx, one answers something not worth retrying, or `patience` passes.
+fn member_request(c: &ChaosCluster, method: &str, path: &str, body: Option<&str>, patience: Duration) -> String {
+    let http = HttpClient::new(Duration::from_secs(3));
+    let until = Instant::now() + patience;
+    let mut last = String::from("no member answered");
+    for round in 0.. {
+        let ids = c.ids();
+        let via = ids[round % ids.len()];
+        match http.request(&c.addr(via), method, path, body.map(str::as_bytes)) {
+            Ok(r) if (200..300).contains(&r.status) => return "ok".into(),
+            Ok(r) => {
+                let code = r.json()["code"].as_str().unwrap_or("").to_string();
+                last = format!("{} {code}", r.status);
+                // A joining node not added yet, a learner catching up, a
+                // change or leader in flux: retry. Anything else: give up.
+                if !matches!(code.as_str(), "unknown_member" | "learner_behind" | "change_in_progress" | "not_ready")
+                    && r.status != 503
+                    && r.status != 504
+                {
+                    return last;
+                }
+            }
+            Err(e) => last = e.to_string(),
+        }
+        if Instant::now() >= until {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    last
+}
+
+/// Replaces a random member: a new node joins as a learner, is promoted,
+/// then the old one is removed and stopped (the order an operator follows
+/// so the cluster never has fewer voters than before). Under faults any
+/// step may not get through; the cluster must stay correct either way.
+fn replace(c: &mut ChaosCluster, rng: &mut SplitMix64) -> String {
+    let ids = c.ids();
+    let old = pick(rng, &ids);
+    let via = pick(rng, &ids);
+    let new = match c.add_joining(via) {
+        Ok(id) => id,
+        Err(e) => return format!("replace {old}: could not start a new node: {e}"),
+    };
+    let promote = member_request(c, "POST", &format!("/cluster/members/{new}/promote"), None, Duration::from_secs(15));
+    if promote != "ok" {
+        return format!("replace {old} by {new}: promote: {promote}");
+    }
+    let remove = member_request(c, "DELETE", &format!("/cluster/members/{old}"), None, Duration::from_secs(10));
+    if remove == "ok" {
+        c.retire(old);
+    }
+    format!("replace {old} by {new} (joined via {via}): promoted; remove {old}: {remove}")
 }
 
 fn nemesis(cluster: &Mutex<ChaosCluster>, cfg: &ChaosConfig, shared: &Shared, end: Instant) -> Vec<FaultRecord> {
@@ -417,6 +501,7 @@ fn nemesis(cluster: &Mutex<ChaosCluster>, cfg: &ChaosConfig, shared: &Shared, en
             let mut c = cluster.lock().unwrap();
             let start = shared.now();
             let detail = inject(&mut c, fault, &mut rng);
+            *shared.members.lock().unwrap() = c.ids().iter().map(|&id| (id, c.addr(id))).collect();
             (detail, c.majority_connected(), start)
         };
         std::thread::sleep(hold.min(end.saturating_duration_since(Instant::now())));
@@ -436,6 +521,32 @@ fn nemesis(cluster: &Mutex<ChaosCluster>, cfg: &ChaosConfig, shared: &Shared, en
         );
     }
     faults
+}
+
+/// A removal whose answer was lost may have committed after all, and a
+/// node whose join never got through is no member: once healed, the
+/// leader's configuration says who is a member; the others are retired.
+fn reconcile_members(c: &mut ChaosCluster) {
+    let http = HttpClient::new(Duration::from_secs(2));
+    let until = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < until {
+        for id in c.ids() {
+            let Ok(r) = http.get(&c.addr(id), "/cluster/members") else { continue };
+            let v = r.json();
+            if r.status != 200 || v["leader"] != v["node"] || v["config_committed"] != true {
+                continue;
+            }
+            let members: Vec<u64> =
+                v["members"].as_array().into_iter().flatten().filter_map(|m| m["id"].as_u64()).collect();
+            for other in c.ids() {
+                if !members.contains(&other) {
+                    c.retire(other);
+                }
+            }
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// Turns a key's records into the checker's history.
@@ -504,20 +615,21 @@ pub fn run(cfg: &ChaosConfig) -> Result<Report, String> {
     if !cluster.wait_ready(Duration::from_secs(20)) {
         return Err(format!("the cluster did not become ready; logs in {}", cfg.out_dir.display()));
     }
-    let addrs: Vec<String> = cluster.ids().iter().map(|&id| cluster.addr(id)).collect();
+    let addrs: Vec<(u64, String)> = cluster.ids().iter().map(|&id| (id, cluster.addr(id))).collect();
     let cluster = Mutex::new(cluster);
     let shared = Shared {
         start: Instant::now(),
         history: Mutex::new(Vec::new()),
         stop: AtomicBool::new(false),
         degraded: Mutex::new(Vec::new()),
+        members: Mutex::new(addrs),
     };
     let end = Instant::now() + cfg.duration;
     let faults = std::thread::scope(|s| {
         for c in 0..cfg.clients {
-            let (addrs, shared) = (&addrs, &shared);
+            let shared = &shared;
             let seed = cfg.seed.wrapping_mul(31).wrapping_add(c as u64 + 1);
-            s.spawn(move || client_loop(c, cfg, addrs, shared, seed));
+            s.spawn(move || client_loop(c, cfg, shared, seed));
         }
         let faults = nemesis(&cluster, cfg, &shared, end);
         std::thread::sleep(end.saturating_duration_since(Instant::now()));
@@ -528,6 +640,7 @@ pub fn run(cfg: &ChaosConfig) -> Result<Report, String> {
     // Heal everything and read every key back through every node.
     let mut c = cluster.into_inner().unwrap();
     c.heal_all().map_err(|e| e.to_string())?;
+    reconcile_members(&mut c);
     let ready = c.wait_ready(Duration::from_secs(30));
     let http = HttpClient::new(Duration::from_secs(3));
     let mut final_reads_ok = ready;
