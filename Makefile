@@ -97,8 +97,8 @@ chaos: build
 # raftkv vs etcd (Debian etcd-server) on this machine with wrk, then the
 # soak (SOAK_MINUTES of PUT load: RSS and disk over time); both append their
 # results to BENCHMARKS.md. BENCH_QUICK=1 for a short raftkv-bench run.
-# `make soak` runs the soak alone; raftkv-soak also has `restart` and
-# `catchup` (see tools/src/bin/raftkv-soak.rs).
+# `make soak` runs the soak alone; raftkv-soak also has `restart`,
+# `catchup` and `join` (see tools/src/bin/raftkv-soak.rs).
 SOAK_MINUTES ?= 20
 .PHONY: bench soak
 bench: build

@@ -12,6 +12,12 @@
 //! * `catchup --entries E`: a follower is down while E PUTs commit; the
 //!   time from its restart until it has applied the leader's commit index,
 //!   and whether it went through an InstallSnapshot.
+//! * `join --keys K`: K distinct keys are written, then a 4th node starts
+//!   with `--join`; the time until it is a learner, until it has applied the
+//!   leader's commit index, and until it is a voter; then it is removed
+//!   again. After that, PUT throughput while members come and go (a new node
+//!   joins, is promoted and removed, over and over) against quiet periods,
+//!   interleaved.
 //!
 //! Each run starts its own fresh cluster under `target/bench/<stamp>/`
 //! (data directories and node logs are kept there). 100-byte values.
@@ -73,6 +79,20 @@ enum Cmd {
         entries: u64,
         #[arg(long, default_value_t = 100_000)]
         keys: u64,
+    },
+    /// A new member joins a cluster holding K keys; then throughput under membership churn.
+    Join {
+        #[arg(long, default_value_t = 1_000_000)]
+        keys: u64,
+        /// Seconds of each quiet and each churn period.
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        /// Quiet/churn pairs (order alternates).
+        #[arg(long, default_value_t = 2)]
+        rounds: u32,
+        /// Pause between two churn cycles (0: back to back).
+        #[arg(long, default_value_t = 0)]
+        pause_ms: u64,
     },
 }
 
@@ -271,6 +291,63 @@ impl Cluster {
         wait_until("every node to apply the leader's commit index", Duration::from_secs(600), || {
             (0..3).all(|i| self.applied(i) >= index)
         });
+    }
+
+    /// Starts node `id` (4, 5, ...) with an empty data directory and
+    /// `--join` through node `via` (0-based).
+    fn spawn_joiner(&self, id: u64, via: usize) -> (Proc, String) {
+        let addr = format!("127.0.0.1:{}", self.addrs[0].rsplit(':').next().unwrap().parse::<u64>().unwrap() - 1 + id);
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(["--id", &id.to_string(), "--listen", &addr, "--join", &self.addrs[via]])
+            .arg("--data-dir")
+            .arg(self.dir.join(format!("raftkv{id}")))
+            .args(self.extra.split_whitespace())
+            .env_remove("RUST_LOG");
+        let p = Proc::spawn(&format!("raftkv{id}"), &mut cmd, &self.dir.join(format!("raftkv{id}.log")));
+        (p, addr)
+    }
+
+    /// The role of member `id` in node `via`'s committed configuration, if any.
+    fn member_role(&self, via: usize, id: u64) -> Option<String> {
+        let r = self.http.get(&self.addrs[via], "/cluster/members").ok().filter(|r| r.status == 200)?;
+        let v = r.json();
+        if v["config_committed"] != true {
+            return None;
+        }
+        v["members"].as_array()?.iter().find(|m| m["id"] == id).and_then(|m| m["role"].as_str().map(str::to_string))
+    }
+
+    /// Promotes learner `id` through node `via`, retrying while it is behind
+    /// or another change is in flight. Returns the refusals seen.
+    fn promote(&self, via: usize, id: u64) -> u32 {
+        let mut refusals = 0;
+        let started = Instant::now();
+        loop {
+            let r = self.http.request(&self.addrs[via], "POST", &format!("/cluster/members/{id}/promote"), None);
+            match r {
+                Ok(r) if r.status == 200 => return refusals,
+                Ok(r) if r.status == 409 || r.status == 503 => refusals += 1,
+                Ok(r) => panic!("promote {id}: {} {}", r.status, r.text()),
+                Err(_) => refusals += 1,
+            }
+            assert!(started.elapsed() < Duration::from_secs(600), "promotion of {id} refused for 10 minutes");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Removes member `id` through node `via`, retrying a change in flight.
+    fn remove(&self, via: usize, id: u64) {
+        let started = Instant::now();
+        loop {
+            match self.http.delete(&self.addrs[via], &format!("/cluster/members/{id}")) {
+                Ok(r) if r.status == 200 => return,
+                Ok(r) if r.status == 409 && r.json()["code"] == "change_in_progress" || r.status == 503 => {}
+                Ok(r) => panic!("remove {id}: {} {}", r.status, r.text()),
+                Err(_) => {}
+            }
+            assert!(started.elapsed() < Duration::from_secs(60), "removal of {id} refused for a minute");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     fn rss_kb(&self, i: usize) -> u64 {
@@ -607,6 +684,150 @@ fn catchup(args: &Args, dir: &Path, entries: u64, keys: u64) {
     }
 }
 
+fn join(args: &Args, dir: &Path, keys: u64, seconds: u64, rounds: u32, pause_ms: u64) {
+    let c = Cluster::start(args.port_base, &args.raftkv_args, dir);
+    let leader = c.leader().expect("a leader");
+    eprintln!("writing {keys} distinct keys through node {}...", leader + 1);
+    let (w, secs, _) = counted_writes(&c, leader, keys, keys, args.conns);
+    eprintln!("  done in {secs:.1} s ({:.0} req/s, {} errors)", w.rps, w.errors);
+    std::thread::sleep(Duration::from_secs(2));
+    let ls = c.status(leader).unwrap();
+    let commit = u(&ls, &["commit_index"]);
+    let via = (leader + 1) % 3; // join through a follower, as an operator might
+    let spawned = Instant::now();
+    let (mut p4, addr4) = c.spawn_joiner(4, via);
+    let status4 = |http: &HttpClient| http.get(&addr4, "/status").ok().filter(|r| r.status == 200).map(|r| r.json());
+    wait_until("node 4 to be a learner", Duration::from_secs(120), || {
+        c.member_role(leader, 4).as_deref() == Some("learner")
+    });
+    let t_learner = spawned.elapsed();
+    wait_until("node 4 to apply the commit index", Duration::from_secs(900), || {
+        status4(&c.http).is_some_and(|s| u(&s, &["applied_index"]) >= commit)
+    });
+    let t_caught = spawned.elapsed();
+    let refusals = c.promote(via, 4);
+    let t_voter = spawned.elapsed();
+    let s4 = status4(&c.http).unwrap_or(Value::Null);
+    let received = u(&s4, &["log", "snapshots_received"]);
+    let rss4 = proc_kb(p4.pid(), "VmRSS");
+    let removed_at = Instant::now();
+    c.remove(leader, 4);
+    let t_removed = removed_at.elapsed();
+    p4.kill();
+    eprintln!(
+        "learner after {} ms, caught up after {} ms, voter after {} ms; removed in {} ms",
+        t_learner.as_millis(),
+        t_caught.as_millis(),
+        t_voter.as_millis(),
+        t_removed.as_millis()
+    );
+
+    // Throughput with and without membership churn, interleaved.
+    let script = dir.join("random-put.lua");
+    fs::write(&script, random_put_script(keys)).unwrap();
+    let mut next_id = 5u64;
+    let mut rows = Vec::new();
+    for round in 0..rounds {
+        let order = if round % 2 == 0 { [false, true] } else { [true, false] };
+        for churn in order {
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let cycles = std::thread::scope(|s| {
+                let churner = churn.then(|| {
+                    let stop = stop.clone();
+                    let c = &c;
+                    let first = next_id;
+                    s.spawn(move || {
+                        let mut id = first;
+                        let mut done = 0u64;
+                        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                            let (mut p, _) = c.spawn_joiner(id, leader);
+                            wait_until("the new node to be a learner", Duration::from_secs(120), || {
+                                c.member_role(leader, id).as_deref() == Some("learner")
+                            });
+                            c.promote(leader, id);
+                            c.remove(leader, id);
+                            p.kill();
+                            id += 1;
+                            done += 1;
+                            let paused = Instant::now();
+                            while paused.elapsed() < Duration::from_millis(pause_ms)
+                                && !stop.load(std::sync::atomic::Ordering::Relaxed)
+                            {
+                                std::thread::sleep(Duration::from_millis(10));
+                            }
+                        }
+                        (done, id)
+                    })
+                });
+                let out = wrk_command(&script, args.conns, seconds, &c.addrs[leader]).output().expect("wrk");
+                stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                let churned = churner.map(|h| h.join().unwrap());
+                (parse_wrk(&out.stdout), churned)
+            });
+            let (w, churned) = cycles;
+            if let Some((_, id)) = churned {
+                next_id = id;
+            }
+            eprintln!("round {} {}: {:.0} req/s", round + 1, if churn { "churn" } else { "quiet" }, w.rps);
+            rows.push((round + 1, churn, w, churned.map_or(0, |(d, _)| d)));
+        }
+    }
+    let leader_kept = c.leader() == Some(leader);
+
+    let mut md = heading(
+        "Join and membership churn",
+        args,
+        &format!(
+            "`raftkv-soak join --keys {keys} --seconds {seconds} --rounds {rounds} --pause-ms {pause_ms}`: \
+             {keys} distinct keys written, \
+             then node 4 started with `--join` through a follower, promoted once caught up, and removed"
+        ),
+    );
+    md.push_str(
+        "| leader commit | through a snapshot? | learner after ms | applied ≥ commit after ms | voter after ms \
+         | promotions refused first | removal ms | node 4 RSS MiB |\n|---:|---|---:|---:|---:|---:|---:|---:|\n",
+    );
+    let _ = writeln!(
+        md,
+        "| {commit} | {} | {} | **{}** | **{}** | {refusals} | {} | {} |",
+        if received > 0 { format!("yes ({received})") } else { "no (log entries only)".to_string() },
+        t_learner.as_millis(),
+        t_caught.as_millis(),
+        t_voter.as_millis(),
+        t_removed.as_millis(),
+        kb_mib(rss4),
+    );
+    if rounds > 0 {
+        let _ = writeln!(
+            md,
+            "\nThen PUT load of random keys among the {keys}, {seconds} s per period; during a churn period a \
+         new node (ids 5, 6, …) joins, is promoted and removed, again and again ({pause_ms} ms between two such \
+         cycles).\n\n\
+         | round | period | req/s | p50 ms | p99 ms | errors | membership cycles |\n|---:|---|---:|---:|---:|---:|---:|"
+        );
+        for (round, churn, w, cycles) in &rows {
+            let _ = writeln!(
+                md,
+                "| {round} | {} | {:.0} | {:.2} | {:.2} | {} | {} |",
+                if *churn { "churn" } else { "quiet" },
+                w.rps,
+                w.p50_us / 1000.0,
+                w.p99_us / 1000.0,
+                w.errors,
+                if *churn { cycles.to_string() } else { String::new() }
+            );
+        }
+    }
+    let sum = |churn: bool| rows.iter().filter(|r| r.1 == churn).map(|r| r.2.rps).sum::<f64>();
+    if rounds > 0 {
+        let _ = writeln!(md, "\nchurn / quiet throughput (sums over the rounds): **{:.2}×**.", sum(true) / sum(false));
+    }
+    if !leader_kept {
+        md.push_str("\n**The leader changed during the run**: an election is mixed into these figures.\n");
+    }
+    report(args, &md, dir);
+}
+
 fn main() {
     let args = Args::parse();
     let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
@@ -616,5 +837,6 @@ fn main() {
         Cmd::Soak { minutes, keys } => soak(&args, &dir, minutes, keys),
         Cmd::Restart { keys, writes, repeat } => restart(&args, &dir, keys, writes, repeat),
         Cmd::Catchup { entries, keys } => catchup(&args, &dir, entries, keys),
+        Cmd::Join { keys, seconds, rounds, pause_ms } => join(&args, &dir, keys, seconds, rounds, pause_ms),
     }
 }
