@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use bytes::Bytes;
-use log::{info, warn};
+use log::{error, info, warn};
 use tokio::sync::oneshot;
 
 use super::messages::{
@@ -30,7 +30,7 @@ use super::messages::{
 use super::replicator::Replicator;
 use super::state_machine::StateMachineActor;
 use super::storage::StorageActor;
-use super::{ClientError, ClientReply, ClusterView, ClusterWatch};
+use super::{ClientError, ClientReply, ClusterView, ClusterWatch, EXIT_REMOVED};
 use crate::cluster::{ClusterFile, format_id};
 use crate::config::Settings;
 use crate::kv::Query;
@@ -136,6 +136,7 @@ impl ConsensusActor {
             cluster_id,
             config_index: 0,
             membership: Default::default(),
+            config_committed: false,
         }));
         let addr = ConsensusActor::create(move |ctx| {
             let me = ctx.address();
@@ -199,8 +200,13 @@ impl ConsensusActor {
     /// and whenever the configuration in force changes.
     fn sync_members(&mut self) {
         let index = self.raft.config_index();
+        let committed = index <= self.raft.commit_index();
         let published = self.cluster.borrow().clone();
         if self.members_synced && published.config_index == index && published.membership == *self.raft.membership() {
+            if published.config_committed != committed {
+                let view = ClusterView { config_committed: committed, ..(*published).clone() };
+                self.cluster.send_replace(Arc::new(view));
+            }
             return;
         }
         self.members_synced = true;
@@ -250,7 +256,12 @@ impl ConsensusActor {
         m.config_changes.fetch_add(u64::from(index > 0), Relaxed);
         m.voters.store(membership.voters().count() as u64, Relaxed);
         m.learners.store(membership.learners().count() as u64, Relaxed);
-        let view = ClusterView { cluster_id: published.cluster_id, config_index: index, membership };
+        let view = ClusterView {
+            cluster_id: published.cluster_id,
+            config_index: index,
+            membership,
+            config_committed: committed,
+        };
         self.cluster.send_replace(Arc::new(view));
     }
 
@@ -700,6 +711,19 @@ impl Handler<PeerEvent> for ConsensusActor {
         match ev {
             PeerEvent::Replied(msg) => self.raft.step(msg),
             PeerEvent::Unreachable { peer } => self.raft.report_unreachable(peer),
+            PeerEvent::Removed { peer, reason } => {
+                // The cluster has committed this node's removal (it was down
+                // then, or its data was wiped and it started again under its
+                // old id): nothing it does can help the members any more, and
+                // running on would only fill its log with refused campaigns.
+                error!(
+                    target: T_CONSENSUS,
+                    "node {} stops: node {peer} says it is no member of the cluster: {reason}",
+                    self.raft.id()
+                );
+                log::logger().flush();
+                std::process::exit(EXIT_REMOVED);
+            }
         }
         self.schedule_flush(ctx);
     }

@@ -38,7 +38,15 @@ impl Message for InboundRpc {
 /// Replicator → Consensus: what became of a request sent to a peer.
 pub enum PeerEvent {
     Replied(RaftMessage),
-    Unreachable { peer: NodeId },
+    Unreachable {
+        peer: NodeId,
+    },
+    /// The peer answered `410 removed_member`: the cluster has committed
+    /// this node's removal.
+    Removed {
+        peer: NodeId,
+        reason: String,
+    },
 }
 
 impl Message for PeerEvent {

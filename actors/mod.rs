@@ -92,6 +92,9 @@ pub struct ClusterView {
     /// Log index of the configuration in force (0: the bootstrap one).
     pub config_index: Index,
     pub membership: Membership,
+    /// Whether that configuration has committed (a removal in an
+    /// uncommitted one may still be undone, so it does not refuse anyone).
+    pub config_committed: bool,
 }
 
 impl ClusterView {
@@ -99,6 +102,10 @@ impl ClusterView {
         self.membership.address_of(id)
     }
 }
+
+/// Exit status of a node the cluster has told it was removed (EX_CONFIG):
+/// a supervisor should not restart it (systemd: `RestartPreventExitStatus=78`).
+pub const EXIT_REMOVED: i32 = 78;
 
 pub type ClusterWatch = tokio::sync::watch::Receiver<Arc<ClusterView>>;
 

@@ -25,6 +25,7 @@ use actix::prelude::*;
 use log::{debug, info, trace, warn};
 
 use awc::error::{ConnectError, SendRequestError};
+use awc::http::StatusCode;
 
 use super::messages::{PeerEvent, SendRpc, StopReplicator};
 use crate::codec::{decode_message, encode_message, encode_snapshot_chunk};
@@ -163,14 +164,27 @@ impl Replicator {
             })?;
             let status = resp.status();
             let body = resp.body().limit(MAX_RESPONSE).await.map_err(|e| (e.to_string(), false))?;
+            if status == StatusCode::GONE {
+                // The members refuse this node for good: say why, stop retrying.
+                let reason = serde_json::from_slice::<serde_json::Value>(&body)
+                    .ok()
+                    .and_then(|v| (v["code"] == "removed_member").then(|| v["error"].as_str().map(str::to_string)))
+                    .flatten();
+                if let Some(reason) = reason {
+                    return Ok(Err(reason));
+                }
+            }
             if !status.is_success() {
                 return Err((format!("HTTP {status}: {}", String::from_utf8_lossy(&body)), false));
             }
-            decode_message(body).map_err(|e| (e.to_string(), false))
+            decode_message(body).map(Ok).map_err(|e| (e.to_string(), false))
         };
         ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
             match res {
-                Ok(reply) => {
+                Ok(Err(reason)) => {
+                    act.consensus.do_send(PeerEvent::Removed { peer: act.peer, reason });
+                }
+                Ok(Ok(reply)) => {
                     if act.failures > 0 {
                         info!(
                             target: &act.target,

@@ -28,55 +28,86 @@ ours() { # is $1 a raftkv process we started?
   [ -r "/proc/$1/cmdline" ] && tr '\0' ' ' <"/proc/$1/cmdline" | grep -q "raftkv --config config/node"
 }
 
+# The pid of node $1 we started (nodes 1-3: line N of $PIDS; extras: pid.N).
+pid_of() {
+  if [ "$1" -le 3 ]; then sed -n "${1}p" "$PIDS" 2>/dev/null || true; else cat "$DIR/pid.$1" 2>/dev/null || true; fi
+}
+
+# The nodes this directory runs: 1-3 and the extras added with 'add',
+# without those the cluster removed.
+nodes() {
+  for i in 1 2 3 $(for f in "$DIR"/pid.*; do [ -e "$f" ] && echo "${f##*.}"; done); do
+    [ -e "$DIR/removed.$i" ] || echo "$i"
+  done
+}
+
 case "${1:-}" in
 start)
   mkdir -p "$DIR"
+  fresh=1
+  [ -s "$PIDS" ] && fresh=0
+  touch "$PIDS"
   # (Re)start every node whose process is not running: a fresh cluster, or
-  # the nodes of a running one that were killed.
+  # the nodes of a running one that were killed. Members that were removed
+  # are not started again (their ids are never reused).
   started=0
   for i in 1 2 3; do
-    pid=$(sed -n "${i}p" "$PIDS" 2>/dev/null || true)
+    [ -e "$DIR/removed.$i" ] && continue
+    pid=$(pid_of "$i")
     if [ -n "$pid" ] && ours "$pid"; then continue; fi
     nohup "$BIN" --config "config/node$i.toml" >>"$DIR/node$i.log" 2>&1 &
     newpid=$!
-    if [ -f "$PIDS" ] && [ "$(wc -l <"$PIDS")" -ge 3 ]; then
-      sed -i "${i}s/.*/$newpid/" "$PIDS"
-    else
-      echo "$newpid" >>"$PIDS"
-    fi
+    while [ "$(wc -l <"$PIDS")" -lt 3 ]; do echo 0 >>"$PIDS"; done
+    sed -i "${i}s/.*/$newpid/" "$PIDS"
     started=$((started+1))
   done
-  [ "$started" -lt 3 ] && echo "restarted $started node(s) of the running cluster"
+  if [ "$fresh" = 0 ] && [ "$started" -gt 0 ]; then echo "restarted $started node(s) of the running cluster"; fi
   # Extra members added with 'make add-node' come back too.
-  for f in "$DIR"/pid.*; do
-    [ -e "$f" ] || continue
-    n="${f##*.}"
-    pid=$(cat "$f")
+  for n in $(nodes); do
+    [ "$n" -le 3 ] && continue
+    pid=$(pid_of "$n")
     if ours "$pid"; then continue; fi
     nohup "$BIN" --config "config/node$n.toml" >>"$DIR/node$n.log" 2>&1 &
-    echo $! >"$f"
+    echo $! >"$DIR/pid.$n"
     echo "restarted extra member $n"
   done
-  # Wait until every node answers and one of them is the leader.
+  # Wait until every node still running answers and one of them is the leader.
   leader=""
   for _ in $(seq 1 150); do
-    up=0
-    for i in 1 2 3; do
+    up=0; running=0; leader=""
+    for i in $(nodes); do
+      ours "$(pid_of "$i")" || continue
+      running=$((running+1))
       st=$(http_get 127.0.0.1 "800$i" /status 2>/dev/null || true)
-      [ -n "$st" ] && up=$((up+1))
+      # Up means it answers and knows the leader (a node the cluster
+      # refuses never does, and stops within an election timeout).
+      if echo "$st" | grep -q '"leader":[0-9]'; then up=$((up+1)); fi
       if echo "$st" | grep -q '"role":"leader"'; then leader=$i; fi
     done
-    [ "$up" -eq 3 ] && [ -n "$leader" ] && break
+    [ "$up" -eq "$running" ] && [ -n "$leader" ] && break
     leader=""
     sleep 0.1
+  done
+  # A node the cluster removed while it was down stops when the members
+  # refuse it (exit status 78): remember it, so it is not started again.
+  for i in $(nodes); do
+    ours "$(pid_of "$i")" && continue
+    if grep -q "says it is no member of the cluster" "$DIR/node$i.log" 2>/dev/null; then
+      touch "$DIR/removed.$i"
+      echo "node $i was removed from the cluster and stopped; it is not started again (its data stays in $DIR/node$i)"
+    else
+      echo "node $i is not running; the end of $DIR/node$i.log:" >&2
+      tail -n 3 "$DIR/node$i.log" >&2
+    fi
   done
   if [ -z "$leader" ]; then
     echo "no leader after 15 s; see the logs in $DIR/node*.log" >&2
     tail -n 5 "$DIR"/node*.log >&2
     exit 1
   fi
+  running=$(for i in $(nodes); do ours "$(pid_of "$i")" && printf '%s ' "$i"; done)
   cat <<MSG
-raftkv cluster running: nodes 1-3 on 127.0.0.1:8001-8003, leader is node $leader.
+raftkv cluster running: nodes ${running% } on 127.0.0.1:800N, leader is node $leader.
 Data and logs: $DIR/  (node1.log, node1/wal/ ...)
 
 Try:
@@ -92,9 +123,9 @@ MSG
   ;;
 kill-leader)
   [ -f "$PIDS" ] || { echo "no cluster started from here is running"; exit 1; }
-  for i in 1 2 3; do
+  for i in $(nodes); do
     if http_get 127.0.0.1 "800$i" /status 2>/dev/null | grep -q '"role":"leader"'; then
-      pid=$(sed -n "${i}p" "$PIDS")
+      pid=$(pid_of "$i")
       ours "$pid" && kill -9 "$pid" && echo "kill -9 node $i (pid $pid), the leader. 'make cluster' brings it back."
       exit 0
     fi
@@ -118,8 +149,10 @@ remove)
   n="${2:?usage: $0 remove N}"
   eps="127.0.0.1:8001,127.0.0.1:8002,127.0.0.1:8003,127.0.0.1:8004,127.0.0.1:8005"
   "$CTL" --endpoints "$eps" member remove "$n"
-  pid=$(cat "$DIR/pid.$n" 2>/dev/null || sed -n "${n}p" "$PIDS" 2>/dev/null || true)
+  pid=$(pid_of "$n")
   if [ -n "$pid" ] && ours "$pid"; then kill "$pid"; echo "node $n stopped; its data stays in $DIR/node$n (its id is never reused)"; fi
+  # 'make cluster' does not start it again.
+  [ -d "$DIR" ] && touch "$DIR/removed.$n"
   rm -f "$DIR/pid.$n"
   ;;
 stop)

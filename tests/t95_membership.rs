@@ -204,8 +204,11 @@ fn a_removed_node_that_comes_back_cannot_disturb_the_cluster() {
     assert_eq!(r.status, 200, "{}", r.text());
     let term = c.status(leader).unwrap()["term"].as_u64().unwrap();
     c.spawn(gone);
-    // It campaigns with its old configuration; the members refuse it.
-    eventually(T, "the removed node to be refused", || c.log(gone).contains("removed_member").then_some(()));
+    // It campaigns with its old configuration; the members refuse it, and
+    // it stops with a status a supervisor can tell from a crash.
+    let status = eventually(T, "the removed node to stop", || c.exit_status(gone));
+    assert_eq!(status.code(), Some(78), "{}", c.log(gone));
+    assert!(c.log(gone).contains("says it is no member of the cluster"), "{}", c.log(gone));
     let rest: Vec<u64> = c.ids().into_iter().filter(|&i| i != gone).collect();
     assert_eq!(c.wait_leader_among(&rest, T), leader);
     assert_eq!(c.status(leader).unwrap()["term"].as_u64(), Some(term), "the removed node raised nobody's term");

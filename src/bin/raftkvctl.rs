@@ -137,7 +137,8 @@ enum MemberCmd {
     /// (start the node itself with --join instead to have it ask by itself).
     Add { id: u64, address: String },
     /// Make a learner a voter; refused while it is far behind the leader
-    /// unless --wait gives it that many seconds to catch up.
+    /// unless --wait gives it that many seconds to catch up (or to wait
+    /// out an election).
     Promote {
         id: u64,
         #[arg(long, default_value_t = 0.0)]
@@ -305,7 +306,14 @@ impl Ctl {
                 let until = std::time::Instant::now() + Duration::from_secs_f64(wait.max(0.0));
                 let path = format!("/cluster/members/{id}/promote");
                 loop {
-                    let r = self.send("POST", &path, None)?;
+                    let r = match self.send("POST", &path, None) {
+                        // No leader just now (an election): nothing was done, so wait on.
+                        Err(f) if f.code == 5 && std::time::Instant::now() < until => {
+                            std::thread::sleep(Duration::from_millis(200));
+                            continue;
+                        }
+                        r => r?,
+                    };
                     let code = r.json()["code"].as_str().unwrap_or_default().to_string();
                     // Waiting covers a node that is still joining, too.
                     let passing = matches!(code.as_str(), "learner_behind" | "change_in_progress" | "unknown_member");

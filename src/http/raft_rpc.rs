@@ -70,8 +70,10 @@ fn check_peer(msg: &Message, state: &AppState) -> Result<(), ApiError> {
     // refused: it may be a member whose configuration entry has not
     // reached this node (the leader of a newer configuration, or a voter
     // whose vote this lagging node's log could still help elect).
+    // Only a committed removal refuses: an uncommitted one can still be
+    // truncated away, and the node it names would then be a member again.
     let view = state.node.cluster.borrow();
-    if view.membership.was_removed(msg.from) {
+    if view.config_committed && view.membership.was_removed(msg.from) {
         return Err(ApiError::new(
             StatusCode::GONE,
             "removed_member",
