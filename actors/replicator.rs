@@ -16,7 +16,6 @@
 //! slowly or with an error is not held back (its heartbeats keep the
 //! leader's quorum alive), nor are votes and snapshot transfers.
 
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
@@ -50,7 +49,8 @@ fn backoff(failures: u32) -> Duration {
 pub struct Replicator {
     peer: NodeId,
     base_url: String,
-    local: IpAddr,
+    /// For the HTTP client (address to send from, TLS).
+    settings: Settings,
     timeout: Duration,
     client: Option<awc::Client>,
     snapshots: SnapshotDir,
@@ -89,8 +89,8 @@ impl Replicator {
     ) -> Self {
         Replicator {
             peer,
-            base_url: format!("http://{addr}"),
-            local: settings.listen.ip(),
+            base_url: format!("{}://{addr}", crate::http::peer_scheme(settings)),
+            settings: settings.clone(),
             timeout: settings.peer_timeout,
             client: None,
             snapshots,
@@ -239,20 +239,12 @@ impl Replicator {
 
 impl Replicator {
     fn client(&mut self) -> &awc::Client {
-        let auth = self.auth.clone();
-        let cluster = self.cluster_id.clone();
-        self.client.get_or_insert_with(|| {
-            let b = awc::Client::builder()
-                .connector(awc::Connector::new().local_address(self.local))
-                .timeout(self.timeout)
-                .disable_redirects()
-                .add_default_header((CLUSTER_HEADER, cluster));
-            match auth {
-                Some(v) => b.add_default_header(("authorization", v)),
-                None => b,
-            }
-            .finish()
-        })
+        let mut headers = vec![(CLUSTER_HEADER, self.cluster_id.clone())];
+        if let Some(v) = &self.auth {
+            headers.push(("authorization", v.clone()));
+        }
+        let (settings, timeout) = (&self.settings, self.timeout);
+        self.client.get_or_insert_with(|| crate::http::peer_client(settings, timeout, &headers))
     }
 
     /// Streams the snapshot file `msg` names to the peer in chunks of

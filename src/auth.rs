@@ -53,7 +53,11 @@ impl Role {
 pub type Digest32 = [u8; 32];
 
 pub fn digest(secret: &str) -> Digest32 {
-    Sha256::digest(secret.as_bytes()).into()
+    digest_bytes(secret.as_bytes())
+}
+
+pub fn digest_bytes(data: &[u8]) -> Digest32 {
+    Sha256::digest(data).into()
 }
 
 /// Equal digests, in time independent of where they differ.

@@ -1,10 +1,17 @@
-//! A small blocking HTTP/1.1 client: one request per connection, with
-//! connect and read timeouts. Used by `raftkvctl` and the black-box tests,
-//! where pulling in an async runtime or a large client crate buys nothing.
+//! The blocking HTTP client of `raftkvctl`, of a joining node and of the
+//! black-box tests: `ureq` with rustls, one request per connection (no
+//! pooling: a request that failed was never silently retried on a second
+//! connection, which keeps `ClientError::was_sent` exact).
+//!
+//! Endpoints are `host:port` (the scheme is `https` when the client trusts
+//! a CA, `http` otherwise) or a full `http://host:port` / `https://...`.
 
-use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
+
+use ureq::tls::{Certificate, ClientCert, PrivateKey, RootCerts, TlsConfig};
 
 #[derive(Debug, Clone)]
 pub struct Response {
@@ -30,11 +37,12 @@ impl Response {
 /// What went wrong, and whether the request may have reached the server.
 #[derive(Debug)]
 pub enum ClientError {
-    /// The connection could not be made: the request was never sent.
-    Connect(io::Error),
+    /// The connection (TCP, or the TLS handshake) could not be made: the
+    /// server never received the request.
+    Connect(String),
     /// The request was (maybe partly) sent but no full answer came back.
-    Io(io::Error),
-    /// The answer was not HTTP.
+    Io(String),
+    /// The answer was not HTTP, or the request could not be formed.
     Protocol(String),
 }
 
@@ -56,6 +64,32 @@ impl std::fmt::Display for ClientError {
 
 impl std::error::Error for ClientError {}
 
+/// Sorts a ureq error by whether the server can have seen the request.
+fn classify(e: ureq::Error) -> ClientError {
+    use io::ErrorKind::*;
+    use ureq::{Error, Timeout};
+    match e {
+        Error::HostNotFound | Error::ConnectionFailed | Error::BadUri(_) => ClientError::Connect(e.to_string()),
+        Error::Timeout(Timeout::Resolve | Timeout::Connect) => ClientError::Connect(e.to_string()),
+        // A failed handshake: the server refused the connection before any
+        // request on it was read.
+        Error::Tls(_) | Error::Rustls(_) | Error::Pem(_) => ClientError::Connect(e.to_string()),
+        Error::Io(io) => {
+            let handshake = io.get_ref().is_some_and(|inner| inner.is::<rustls::Error>());
+            match io.kind() {
+                // Only a connect can fail these ways.
+                ConnectionRefused | AddrNotAvailable | AddrInUse | HostUnreachable | NetworkUnreachable | NotFound => {
+                    ClientError::Connect(io.to_string())
+                }
+                _ if handshake => ClientError::Connect(io.to_string()),
+                _ => ClientError::Io(io.to_string()),
+            }
+        }
+        Error::Timeout(_) => ClientError::Io(e.to_string()),
+        other => ClientError::Protocol(other.to_string()),
+    }
+}
+
 #[derive(Clone)]
 pub struct HttpClient {
     pub connect_timeout: Duration,
@@ -64,6 +98,10 @@ pub struct HttpClient {
     token: Option<String>,
     /// Sent with every request too.
     headers: Vec<(String, String)>,
+    /// Trusted CA certificates: set, requests go over `https`.
+    roots: Option<Arc<Vec<Certificate<'static>>>>,
+    client_cert: Option<ClientCert>,
+    agent: ureq::Agent,
 }
 
 impl std::fmt::Debug for HttpClient {
@@ -72,6 +110,7 @@ impl std::fmt::Debug for HttpClient {
             .field("connect_timeout", &self.connect_timeout)
             .field("timeout", &self.timeout)
             .field("token", &self.token.as_ref().map(|_| "<hidden>"))
+            .field("tls", &self.roots.is_some())
             .finish()
     }
 }
@@ -82,9 +121,65 @@ impl Default for HttpClient {
     }
 }
 
+fn read_file(path: &Path, what: &str) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("{what} {}: {e}", path.display()))
+}
+
+fn pem_certs(path: &Path, what: &str) -> Result<Vec<Certificate<'static>>, String> {
+    let pem = read_file(path, what)?;
+    let certs: Vec<Certificate<'static>> = ureq::tls::parse_pem(&pem)
+        .filter_map(|item| match item {
+            Ok(ureq::tls::PemItem::Certificate(c)) => Some(Ok(c)),
+            Ok(_) => None,
+            Err(e) => Some(Err(e)),
+        })
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{what} {}: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{what} {}: no PEM certificate in it", path.display()));
+    }
+    Ok(certs)
+}
+
 impl HttpClient {
     pub fn new(timeout: Duration) -> Self {
-        HttpClient { connect_timeout: timeout.min(Duration::from_secs(2)), timeout, token: None, headers: Vec::new() }
+        let connect_timeout = timeout.min(Duration::from_secs(2));
+        let agent = Self::agent(connect_timeout, timeout, None, None);
+        HttpClient { connect_timeout, timeout, token: None, headers: Vec::new(), roots: None, client_cert: None, agent }
+    }
+
+    fn agent(
+        connect: Duration,
+        timeout: Duration,
+        roots: Option<&Arc<Vec<Certificate<'static>>>>,
+        cert: Option<&ClientCert>,
+    ) -> ureq::Agent {
+        let mut tls = TlsConfig::builder().client_cert(cert.cloned());
+        if let Some(roots) = roots {
+            tls = tls.root_certs(RootCerts::Specific(roots.clone()));
+        }
+        ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .max_redirects(0)
+            .max_idle_connections(0)
+            .max_idle_connections_per_host(0)
+            .timeout_connect(Some(connect))
+            .timeout_global(Some(timeout))
+            .user_agent(concat!("raftkv/", env!("CARGO_PKG_VERSION")))
+            .tls_config(tls.build())
+            .build()
+            .into()
+    }
+
+    fn rebuild(mut self) -> Self {
+        self.agent = Self::agent(self.connect_timeout, self.timeout, self.roots.as_ref(), self.client_cert.as_ref());
+        self
+    }
+
+    /// The same client with other timeouts.
+    pub fn with_timeouts(mut self, connect: Duration, timeout: Duration) -> Self {
+        (self.connect_timeout, self.timeout) = (connect, timeout);
+        self.rebuild()
     }
 
     /// The same client, sending `token` with every request.
@@ -99,6 +194,28 @@ impl HttpClient {
         self
     }
 
+    /// The same client over TLS, trusting only the CA certificates in the
+    /// PEM file `ca` (for `host:port` endpoints the scheme becomes https).
+    pub fn with_ca_file(mut self, ca: &Path) -> Result<Self, String> {
+        self.roots = Some(Arc::new(pem_certs(ca, "CA file")?));
+        Ok(self.rebuild())
+    }
+
+    /// The same client, presenting the certificate chain `cert` with its
+    /// key `key` (PEM files) when the server asks for one.
+    pub fn with_client_cert(mut self, cert: &Path, key: &Path) -> Result<Self, String> {
+        let chain = pem_certs(cert, "certificate file")?;
+        let key_pem = read_file(key, "key file")?;
+        let key = PrivateKey::from_pem(&key_pem).map_err(|e| format!("key file {}: {e}", key.display()))?;
+        self.client_cert = Some(ClientCert::new_with_certs(&chain, key));
+        Ok(self.rebuild())
+    }
+
+    /// `https` with a trusted CA, else `http`.
+    pub fn scheme(&self) -> &'static str {
+        if self.roots.is_some() { "https" } else { "http" }
+    }
+
     pub fn get(&self, addr: &str, path: &str) -> Result<Response, ClientError> {
         self.request(addr, "GET", path, None)
     }
@@ -111,86 +228,35 @@ impl HttpClient {
         self.request(addr, "DELETE", path, None)
     }
 
-    /// Sends one request to `addr` (host:port) and reads the whole answer.
+    /// Sends one request to `addr` and reads the whole answer.
     pub fn request(&self, addr: &str, method: &str, path: &str, body: Option<&[u8]>) -> Result<Response, ClientError> {
-        let target: SocketAddr = addr
-            .to_socket_addrs()
-            .map_err(ClientError::Connect)?
-            .next()
-            .ok_or_else(|| ClientError::Connect(io::Error::new(io::ErrorKind::NotFound, "no address")))?;
-        let mut stream = TcpStream::connect_timeout(&target, self.connect_timeout).map_err(ClientError::Connect)?;
-        stream.set_read_timeout(Some(self.timeout)).map_err(ClientError::Io)?;
-        stream.set_write_timeout(Some(self.timeout)).map_err(ClientError::Io)?;
-        let _ = stream.set_nodelay(true);
+        let url =
+            if addr.contains("://") { format!("{addr}{path}") } else { format!("{}://{addr}{path}", self.scheme()) };
+        let mut req = ureq::http::Request::builder().method(method).uri(&url);
         let body = body.unwrap_or(&[]);
-        let mut head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
-            body.len()
-        );
         if !body.is_empty() {
-            head.push_str("Content-Type: application/json\r\n");
+            req = req.header("content-type", "application/json");
         }
         if let Some(t) = &self.token {
-            head.push_str(&format!("Authorization: Bearer {t}\r\n"));
+            req = req.header("authorization", format!("Bearer {t}"));
         }
         for (name, value) in &self.headers {
-            head.push_str(&format!("{name}: {value}\r\n"));
+            req = req.header(name.as_str(), value.as_str());
         }
-        head.push_str("\r\n");
-        let mut req = head.into_bytes();
-        req.extend_from_slice(body);
-        stream.write_all(&req).map_err(ClientError::Io)?;
-        read_response(stream)
+        let req = req.body(body).map_err(|e| ClientError::Connect(format!("{method} {url}: {e}")))?;
+        let mut resp = self.agent.run(req).map_err(|e| match classify(e) {
+            ClientError::Protocol(e) if self.roots.is_none() => ClientError::Protocol(format!(
+                "{e} (a node with TLS on answers plain HTTP like this: give its CA, e.g. raftkvctl --cacert)"
+            )),
+            other => other,
+        })?;
+        let status = resp.status().as_u16();
+        let headers = resp
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .collect();
+        let body = resp.body_mut().with_config().limit(u64::MAX).read_to_vec().map_err(classify)?;
+        Ok(Response { status, headers, body })
     }
-}
-
-fn read_response(stream: TcpStream) -> Result<Response, ClientError> {
-    let mut r = BufReader::new(stream);
-    let mut line = String::new();
-    r.read_line(&mut line).map_err(ClientError::Io)?;
-    if line.is_empty() {
-        return Err(ClientError::Io(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "connection closed without a response",
-        )));
-    }
-    let status: u16 = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| ClientError::Protocol(format!("bad status line: {line:?}")))?;
-    let mut headers = Vec::new();
-    loop {
-        line.clear();
-        r.read_line(&mut line).map_err(ClientError::Io)?;
-        let l = line.trim_end();
-        if l.is_empty() {
-            break;
-        }
-        if let Some((k, v)) = l.split_once(':') {
-            headers.push((k.trim().to_string(), v.trim().to_string()));
-        }
-    }
-    let find = |name: &str| headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.clone());
-    let mut body = Vec::new();
-    if find("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
-        loop {
-            line.clear();
-            r.read_line(&mut line).map_err(ClientError::Io)?;
-            let size = usize::from_str_radix(line.trim().split(';').next().unwrap_or(""), 16)
-                .map_err(|_| ClientError::Protocol(format!("bad chunk size {line:?}")))?;
-            if size == 0 {
-                break;
-            }
-            let mut chunk = vec![0; size + 2];
-            r.read_exact(&mut chunk).map_err(ClientError::Io)?;
-            body.extend_from_slice(&chunk[..size]);
-        }
-    } else if let Some(len) = find("content-length").and_then(|v| v.parse::<usize>().ok()) {
-        body.resize(len, 0);
-        r.read_exact(&mut body).map_err(ClientError::Io)?;
-    } else {
-        r.read_to_end(&mut body).map_err(ClientError::Io)?;
-    }
-    Ok(Response { status, headers, body })
 }

@@ -218,9 +218,14 @@ fn with_retries<T>(what: &str, mut f: impl FnMut() -> Result<T, (bool, String)>)
     }
 }
 
-fn client(s: &Settings) -> HttpClient {
+fn client(s: &Settings) -> Result<HttpClient, String> {
     let token = s.join_token.clone();
-    HttpClient::new(s.request_timeout + Duration::from_secs(1)).with_token(token)
+    let http = HttpClient::new(s.request_timeout + Duration::from_secs(1)).with_token(token);
+    match &s.tls {
+        // Over TLS, as a member would: the cluster CA, this node's certificate.
+        Some(tls) => http.with_ca_file(&tls.files().ca)?.with_client_cert(&tls.files().cert, &tls.files().key),
+        None => Ok(http),
+    }
 }
 
 /// Learns the cluster's id from `endpoint` and checks this node's id may join.
@@ -231,7 +236,7 @@ fn discover(s: &Settings, endpoint: &str) -> Result<ClusterFile, String> {
             s.listen
         ));
     }
-    let http = client(s);
+    let http = client(s)?;
     let body = with_retries(&format!("joining through {endpoint}"), || {
         let r = http.get(endpoint, "/cluster/members").map_err(|e| (true, e.to_string()))?;
         match r.status {
@@ -250,7 +255,7 @@ fn discover(s: &Settings, endpoint: &str) -> Result<ClusterFile, String> {
 /// Asks the cluster (through `endpoint`, which forwards to the leader) to
 /// add this node as a learner; done when the change has committed.
 fn ask_to_join(s: &Settings, endpoint: &str, cluster_id: u64) -> Result<(), String> {
-    let http = client(s);
+    let http = client(s)?;
     let body = serde_json::json!({"id": s.id, "address": s.listen.to_string(), "learner": true});
     let body = serde_json::to_vec(&body).expect("serializable");
     with_retries(&format!("asking {endpoint} to add node {} as a learner", s.id), || {

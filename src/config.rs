@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
@@ -12,6 +13,7 @@ use serde::Deserialize;
 
 use crate::auth::{ClusterSecret, Tokens};
 use crate::raft::NodeId;
+use crate::tls::{Tls, TlsFiles};
 
 /// A raftkv node: one member of a Raft-replicated key-value store.
 #[derive(Parser, Debug, Default)]
@@ -134,6 +136,23 @@ pub struct Args {
     /// it to its peers. Unset: /raft/* is open.
     #[arg(long, env = "RAFTKV_CLUSTER_SECRET_FILE")]
     pub cluster_secret_file: Option<PathBuf>,
+    /// This node's TLS certificate chain (PEM). With --key-file and
+    /// --trusted-ca-file: the port speaks only TLS, /raft/* needs a client
+    /// certificate of that CA naming the sending member, and requests to
+    /// peers present this certificate. SIGHUP reloads the three files.
+    #[arg(long, env = "RAFTKV_CERT_FILE")]
+    pub cert_file: Option<PathBuf>,
+    /// The private key of --cert-file (PEM).
+    #[arg(long, env = "RAFTKV_KEY_FILE")]
+    pub key_file: Option<PathBuf>,
+    /// The cluster CA (PEM; several certificates trust several CAs, e.g.
+    /// the old and the new one during a rotation).
+    #[arg(long, env = "RAFTKV_TRUSTED_CA_FILE")]
+    pub trusted_ca_file: Option<PathBuf>,
+    /// Most connections a node holds open at once; beyond it, new ones wait
+    /// in the kernel's backlog (default 4096).
+    #[arg(long, env = "RAFTKV_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
 }
 
 /// The same settings as they may appear in the TOML file.
@@ -169,6 +188,10 @@ pub struct FileSettings {
     pub tokens_file: Option<PathBuf>,
     pub public_status: Option<bool>,
     pub cluster_secret_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    pub trusted_ca_file: Option<PathBuf>,
+    pub max_connections: Option<usize>,
 }
 
 /// `peers = "2=host:port,3=host:port"` or `peers = ["2=host:port", ...]`.
@@ -225,6 +248,9 @@ pub struct Settings {
     pub public_status: bool,
     /// The secret peers share (None: /raft/* is open).
     pub cluster_secret: Option<ClusterSecret>,
+    /// TLS on the port and to peers (None: plaintext).
+    pub tls: Option<Arc<Tls>>,
+    pub max_connections: usize,
 }
 
 /// The largest snapshot chunk a node sends or accepts.
@@ -345,6 +371,20 @@ impl Args {
                 .or(file.cluster_secret_file)
                 .map(|p| ClusterSecret::load(&p))
                 .transpose()?,
+            tls: match (
+                self.cert_file.or(file.cert_file),
+                self.key_file.or(file.key_file),
+                self.trusted_ca_file.or(file.trusted_ca_file),
+            ) {
+                (None, None, None) => None,
+                (Some(cert), Some(key), Some(ca)) => Some(Tls::load(TlsFiles { cert, key, ca })?),
+                _ => {
+                    return Err("TLS needs all three of --cert-file, --key-file and --trusted-ca-file \
+                                (or none: plaintext)"
+                        .into());
+                }
+            },
+            max_connections: self.max_connections.or(file.max_connections).unwrap_or(4096),
         };
         if s.tick.is_zero() || s.heartbeat < s.tick {
             return Err("tick_ms must be positive and no longer than heartbeat_ms".into());
@@ -356,8 +396,15 @@ impl Args {
                 s.heartbeat.as_millis()
             ));
         }
-        if s.max_inflight == 0 || s.http_workers == 0 || s.max_value_bytes == 0 || s.max_pending == 0 {
-            return Err("max_inflight, http_workers, max_value_bytes and max_pending must be positive".into());
+        if s.max_inflight == 0
+            || s.http_workers == 0
+            || s.max_value_bytes == 0
+            || s.max_pending == 0
+            || s.max_connections == 0
+        {
+            return Err(
+                "max_inflight, http_workers, max_value_bytes, max_pending and max_connections must be positive".into(),
+            );
         }
         if s.request_timeout.is_zero() || s.peer_timeout.is_zero() || s.request_read_timeout.is_zero() {
             return Err("timeouts must be positive".into());

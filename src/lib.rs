@@ -27,6 +27,7 @@ pub mod raft;
 pub mod recovery;
 pub mod snapshot;
 pub mod state_machine;
+pub mod tls;
 pub mod wal;
 
 #[path = "../actors/mod.rs"]

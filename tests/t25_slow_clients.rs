@@ -26,7 +26,7 @@ const SLACK: Duration = Duration::from_secs(2);
 const GIVE_UP: Duration = Duration::from_secs(15);
 
 fn start(read_timeout: Duration) -> Cluster {
-    Cluster::start_with(3, &["--request-read-timeout-ms", &read_timeout.as_millis().to_string()])
+    Cluster::start_plain(3, &["--request-read-timeout-ms", &read_timeout.as_millis().to_string()])
 }
 
 /// A raw connection that has sent (part of) a request.
@@ -221,7 +221,7 @@ fn a_body_trickled_a_byte_at_a_time_is_cut_off_at_the_deadline() {
 
 #[test]
 fn a_chunked_body_over_the_limit_gets_413_and_its_connection_closed() {
-    let c = Cluster::start_with(1, &["--max-value-bytes", "4096"]);
+    let c = Cluster::start_plain(1, &["--max-value-bytes", "4096"]);
     // The body limit is twice the value limit plus 64 KiB.
     let chunk = "x".repeat(2 * 4096 + 64 * 1024 + 1);
     let req = head("PUT", "/kv/big", "Transfer-Encoding: chunked\r\n");

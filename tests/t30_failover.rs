@@ -37,7 +37,7 @@ fn killed_leader_is_replaced_and_no_acknowledged_write_is_lost() {
     c.kill(old);
     let killed_at = Instant::now();
     // Keep trying a write through a survivor until one is acknowledged.
-    let client = HttpClient::new(Duration::from_secs(5));
+    let client = c.client_with(Duration::from_secs(5));
     eventually(Duration::from_secs(10), "a write acknowledged by the new leader", || {
         let r = client.put_json(&c.addr(survivor), "/kv/after-kill", &serde_json::json!({"value": "x"})).ok()?;
         (r.status == 200).then_some(())

@@ -15,12 +15,12 @@ fn writes_beyond_max_pending_get_503_overloaded_and_never_take_effect() {
     let c = Cluster::start_with(3, &["--max-pending", "2"]);
     let leader = c.wait_leader(Duration::from_secs(10));
     let addr = c.addr(leader);
+    let base = c.client_with(Duration::from_secs(10));
     let answers: Vec<(String, u16, Option<String>, String)> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..48)
             .map(|i| {
-                let addr = addr.clone();
+                let (addr, client) = (addr.clone(), base.clone());
                 s.spawn(move || {
-                    let client = HttpClient::new(Duration::from_secs(10));
                     let key = format!("load{i}");
                     let r = client.put_json(&addr, &format!("/kv/{key}"), &json!({"value": "v"})).expect("an answer");
                     let code = r.json()["code"].as_str().unwrap_or("").to_string();

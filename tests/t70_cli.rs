@@ -15,8 +15,37 @@ fn endpoints(c: &Cluster) -> String {
     c.ids().iter().map(|&id| c.addr(id)).collect::<Vec<_>>().join(",")
 }
 
+thread_local! {
+    /// The environment raftkvctl needs for this test's cluster (TLS, token).
+    static CTL_ENV: std::cell::RefCell<Vec<(String, Option<std::ffi::OsString>)>> = Default::default();
+}
+
+/// Starts a cluster and remembers what raftkvctl needs to reach it.
+fn cluster(n: u64) -> Cluster {
+    let c = Cluster::start(n);
+    let mut probe = Command::new(CTL);
+    c.ctl_env(&mut probe);
+    let env = probe.get_envs().map(|(k, v)| (k.to_string_lossy().into_owned(), v.map(|v| v.to_owned()))).collect();
+    CTL_ENV.with(|e| *e.borrow_mut() = env);
+    c
+}
+
+/// A raftkvctl command with this test's environment.
+fn ctl_cmd() -> Command {
+    let mut cmd = Command::new(CTL);
+    CTL_ENV.with(|e| {
+        for (k, v) in e.borrow().iter() {
+            match v {
+                Some(v) => cmd.env(k, v),
+                None => cmd.env_remove(k),
+            };
+        }
+    });
+    cmd
+}
+
 fn ctl(eps: &str, args: &[&str]) -> Output {
-    Command::new(CTL).arg("--endpoints").arg(eps).args(args).env_remove("RAFTKV_ENDPOINTS").output().unwrap()
+    ctl_cmd().arg("--endpoints").arg(eps).args(args).output().unwrap()
 }
 
 fn stdout(o: &Output) -> String {
@@ -29,7 +58,7 @@ fn stderr(o: &Output) -> String {
 
 #[test]
 fn commands_outputs_and_exit_codes() {
-    let c = Cluster::start(3);
+    let c = cluster(3);
     c.wait_leader(Duration::from_secs(10));
     let eps = endpoints(&c);
 
@@ -82,7 +111,7 @@ fn commands_outputs_and_exit_codes() {
 
 #[test]
 fn fails_over_to_the_next_endpoint_and_reports_no_leader() {
-    let mut c = Cluster::start(3);
+    let mut c = cluster(3);
     let leader = c.wait_leader(Duration::from_secs(10));
     let victim = c.followers(leader)[0];
     c.kill(victim);
@@ -102,9 +131,9 @@ fn fails_over_to_the_next_endpoint_and_reports_no_leader() {
 
 #[test]
 fn interactive_prompt_reads_commands_from_stdin() {
-    let c = Cluster::start(3);
+    let c = cluster(3);
     c.wait_leader(Duration::from_secs(10));
-    let mut child = Command::new(CTL)
+    let mut child = ctl_cmd()
         .arg("--endpoints")
         .arg(endpoints(&c))
         .env("HOME", &c.dir)
@@ -133,11 +162,18 @@ fn interactive_prompt_reads_commands_from_stdin() {
 /// Through a real pseudo-terminal (`script` from util-linux), with tab completion.
 #[test]
 fn interactive_prompt_through_a_terminal_completes_commands() {
-    let c = Cluster::start(3);
+    let c = cluster(3);
     c.wait_leader(Duration::from_secs(10));
     assert_eq!(c.put(1, "completion-key", "done").status, 200);
     let cmd = format!("{CTL} --endpoints {}", endpoints(&c));
-    let mut child = Command::new("script")
+    let mut script = Command::new("script");
+    for (k, v) in ctl_cmd().get_envs() {
+        match v {
+            Some(v) => script.env(k, v),
+            None => script.env_remove(k),
+        };
+    }
+    let mut child = script
         .args(["-qefc", &cmd, "/dev/null"])
         .env("HOME", &c.dir)
         .env("TERM", "xterm")

@@ -35,12 +35,12 @@ const POLICY: &[&str] = &[
 /// client threads; returns what was acknowledged.
 fn write_keys(c: &Cluster, id: u64, prefix: &str, count: usize) -> BTreeMap<String, String> {
     let addr = Arc::new(c.addr(id));
+    let base = c.client_with(Duration::from_secs(10));
     let threads: Vec<_> = (0..16)
         .map(|t| {
-            let addr = addr.clone();
+            let (addr, client) = (addr.clone(), base.clone());
             let prefix = prefix.to_string();
             std::thread::spawn(move || {
-                let client = HttpClient::new(Duration::from_secs(10));
                 let mut acked = Vec::new();
                 for i in (t..count).step_by(16) {
                     let (key, value) = (format!("{prefix}{i}"), format!("v{i}"));
@@ -147,7 +147,9 @@ fn snapshots_on_demand_and_a_corrupt_snapshot_file_refuses_to_start() {
         assert_eq!(c.put(1, &format!("c/{i}"), "x").status, 200);
     }
     let ctl = env!("CARGO_BIN_EXE_raftkvctl");
-    let out = Command::new(ctl).args(["--endpoints", &c.addr(1), "--output", "json", "snapshot"]).output().unwrap();
+    let mut cmd = Command::new(ctl);
+    c.ctl_env(&mut cmd);
+    let out = cmd.args(["--endpoints", &c.addr(1), "--output", "json", "snapshot"]).output().unwrap();
     assert!(out.status.success(), "raftkvctl snapshot: {}", String::from_utf8_lossy(&out.stderr));
     let v: Value = serde_json::from_slice(&out.stdout).expect("json");
     let snap = &v[0]["snapshot"];

@@ -11,7 +11,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
-use raftkv::client::HttpClient;
 use serde_json::{Value, json};
 
 const CTL: &str = env!("CARGO_BIN_EXE_raftkvctl");
@@ -110,8 +109,8 @@ fn sigterm_on_the_leader_hands_over_before_it_exits() {
     let acked = Arc::new(Mutex::new(Vec::new()));
     let writer = {
         let (stop, acked) = (stop.clone(), acked.clone());
+        let http = c.client_with(Duration::from_secs(5));
         std::thread::spawn(move || {
-            let http = HttpClient::new(Duration::from_secs(5));
             let mut n = 0;
             while !stop.load(Ordering::Relaxed) {
                 n += 1;
@@ -155,24 +154,21 @@ fn the_cli_transfers_leadership() {
     let leader = c.wait_leader(Duration::from_secs(10));
     let target = c.followers(leader)[1];
     let eps: Vec<String> = c.ids().iter().map(|&i| c.addr(i)).collect();
-    let out = Command::new(CTL)
+    let mut cmd = Command::new(CTL);
+    c.ctl_env(&mut cmd);
+    let out = cmd
         .arg("--endpoints")
         .arg(eps.join(","))
         .args(["transfer-leader", "--to", &target.to_string()])
-        .env_remove("RAFTKV_ENDPOINTS")
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains(&format!("node {target} leads now")), "{stdout}");
     assert_eq!(c.wait_leader(Duration::from_secs(10)), target);
-    let out = Command::new(CTL)
-        .arg("--endpoints")
-        .arg(eps.join(","))
-        .args(["transfer-leader", "--to", "7"])
-        .env_remove("RAFTKV_ENDPOINTS")
-        .output()
-        .unwrap();
+    let mut cmd = Command::new(CTL);
+    c.ctl_env(&mut cmd);
+    let out = cmd.arg("--endpoints").arg(eps.join(",")).args(["transfer-leader", "--to", "7"]).output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("node 7 is not a voting member"), "{out:?}");
 }

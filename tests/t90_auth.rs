@@ -43,12 +43,13 @@ fn start() -> Setup {
     Setup { c, read, write, admin }
 }
 
-fn client(token: Option<&str>) -> HttpClient {
-    HttpClient::new(Duration::from_secs(5)).with_token(token.map(str::to_string))
+/// The cluster's client (its CA when TLS is on) with `token` instead.
+fn client(c: &Cluster, token: Option<&str>) -> HttpClient {
+    c.client_with(Duration::from_secs(5)).with_token(token.map(str::to_string))
 }
 
-fn put(token: Option<&str>, addr: &str, key: &str, value: &str) -> Response {
-    client(token).put_json(addr, &format!("/kv/{key}"), &json!({"value": value})).unwrap()
+fn put(c: &Cluster, token: Option<&str>, addr: &str, key: &str, value: &str) -> Response {
+    client(c, token).put_json(addr, &format!("/kv/{key}"), &json!({"value": value})).unwrap()
 }
 
 #[test]
@@ -60,35 +61,35 @@ fn writes_need_a_write_token_and_admin_calls_an_admin_token() {
     let (la, fa) = (c.addr(leader), c.addr(follower));
 
     // Peers authenticate each other: the cluster elected a leader and replicates.
-    let r = put(Some(&s.write), &la, "k", "v1");
+    let r = put(c, Some(&s.write), &la, "k", "v1");
     assert_eq!(r.status, 200, "{}", r.text());
-    let r = put(Some(&s.write), &fa, "k", "v2");
+    let r = put(c, Some(&s.write), &fa, "k", "v2");
     assert_eq!(r.status, 200, "a follower forwards the token to the leader: {}", r.text());
 
-    let r = put(None, &la, "k", "nope");
+    let r = put(c, None, &la, "k", "nope");
     assert_eq!((r.status, r.json()["code"].as_str()), (401, Some("unauthenticated")), "{}", r.text());
-    let r = put(Some("not-a-token"), &la, "k", "nope");
+    let r = put(c, Some("not-a-token"), &la, "k", "nope");
     assert_eq!((r.status, r.json()["code"].as_str()), (401, Some("invalid_token")));
-    let r = put(Some(&s.read), &fa, "k", "nope");
+    let r = put(c, Some(&s.read), &fa, "k", "nope");
     assert_eq!((r.status, r.json()["code"].as_str()), (403, Some("forbidden")), "{}", r.text());
     assert!(r.json()["error"].as_str().unwrap().contains("viewer"), "names the token, not its value");
-    let r = client(Some(&s.read)).delete(&la, "/kv/k").unwrap();
+    let r = client(c, Some(&s.read)).delete(&la, "/kv/k").unwrap();
     assert_eq!(r.status, 403);
     // None of that changed anything.
-    let r = client(Some(&s.read)).get(&la, "/kv/k").unwrap();
+    let r = client(c, Some(&s.read)).get(&la, "/kv/k").unwrap();
     assert_eq!((r.status, r.json()["value"].as_str()), (200, Some("v2")));
-    assert_eq!(client(None).get(&la, "/kv/k").unwrap().status, 401, "reads need a token too");
-    assert_eq!(client(Some(&s.read)).get(&la, "/kv?prefix=").unwrap().status, 200);
+    assert_eq!(client(c, None).get(&la, "/kv/k").unwrap().status, 401, "reads need a token too");
+    assert_eq!(client(c, Some(&s.read)).get(&la, "/kv?prefix=").unwrap().status, 200);
 
     // Admin endpoints.
-    let snap = |t: Option<&str>| client(t).request(&la, "POST", "/admin/snapshot", None).unwrap();
+    let snap = |t: Option<&str>| client(c, t).request(&la, "POST", "/admin/snapshot", None).unwrap();
     assert_eq!(snap(Some(&s.write)).status, 403);
     assert_eq!(snap(Some(&s.admin)).status, 200);
-    assert_eq!(client(Some(&s.write)).get(&la, "/admin/log").unwrap().status, 403);
-    assert_eq!(client(Some(&s.admin)).get(&la, "/admin/log").unwrap().status, 200);
+    assert_eq!(client(c, Some(&s.write)).get(&la, "/admin/log").unwrap().status, 403);
+    assert_eq!(client(c, Some(&s.admin)).get(&la, "/admin/log").unwrap().status, 200);
     // Probes stay open; /status and /metrics are open here (--public-status true).
     for path in ["/health", "/ready", "/status", "/metrics"] {
-        assert_eq!(client(None).get(&la, path).unwrap().status, 200, "{path}");
+        assert_eq!(client(c, None).get(&la, path).unwrap().status, 200, "{path}");
     }
 }
 
@@ -101,12 +102,14 @@ fn peer_endpoints_refuse_requests_without_the_cluster_secret() {
     // Even an admin token is no peer credential.
     for path in ["/raft/append_entries", "/raft/request_vote", "/raft/heartbeat", "/raft/install_snapshot"] {
         for token in [None, Some(s.admin.as_str())] {
-            let r = client(token).request(&c.addr(follower), "POST", path, Some(b"\x01garbage")).unwrap();
+            // (With TLS, over a member's certificate: the secret is checked too.)
+            let peer = c.peer_client(leader).with_token(token.map(str::to_string));
+            let r = peer.request(&c.addr(follower), "POST", path, Some(b"\x01garbage")).unwrap();
             assert_eq!((r.status, r.json()["code"].as_str()), (401, Some("unauthenticated_peer")), "{path}");
         }
     }
     // The cluster goes on: a write commits on every node.
-    assert_eq!(put(Some(&s.write), &c.addr(leader), "still", "works").status, 200);
+    assert_eq!(put(c, Some(&s.write), &c.addr(leader), "still", "works").status, 200);
     let commit = c.status(leader).unwrap()["commit_index"].as_u64().unwrap();
     c.wait_applied(follower, commit, Duration::from_secs(5));
 }
@@ -119,6 +122,7 @@ fn the_cli_sends_its_token_and_says_when_it_is_refused() {
     let eps = c.ids().iter().map(|&i| c.addr(i)).collect::<Vec<_>>().join(",");
     let ctl = |token: Option<&str>, args: &[&str]| {
         let mut cmd = Command::new(CTL);
+        c.ctl_env(&mut cmd);
         cmd.args(["--endpoints", &eps]).args(args).env_remove("RAFTKV_TOKEN");
         if let Some(t) = token {
             cmd.env("RAFTKV_TOKEN", t);

@@ -19,7 +19,9 @@ const T: Duration = Duration::from_secs(20);
 
 fn ctl(c: &Cluster, args: &[&str]) -> (i32, String) {
     let endpoints: Vec<String> = c.live_ids().iter().map(|&i| c.addr(i)).collect();
-    let out = Command::new(CTL).arg("--endpoints").arg(endpoints.join(",")).args(args).output().expect("raftkvctl");
+    let mut cmd = Command::new(CTL);
+    c.ctl_env(&mut cmd);
+    let out = cmd.arg("--endpoints").arg(endpoints.join(",")).args(args).output().expect("raftkvctl");
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     (out.status.code().unwrap_or(-1), text)
 }
@@ -54,8 +56,8 @@ impl Writer {
         let stop = Arc::new(AtomicBool::new(false));
         let acked = Arc::new(Mutex::new(Vec::new()));
         let (s, a) = (stop.clone(), acked.clone());
+        let http = c.client_with(Duration::from_secs(5));
         let handle = std::thread::spawn(move || {
-            let http = HttpClient::new(Duration::from_secs(5));
             let mut i = 0u64;
             while !s.load(Ordering::Relaxed) {
                 let key = format!("w{i}");
@@ -180,7 +182,9 @@ fn a_wiped_node_is_replaced_by_a_new_member_without_losing_a_write() {
     let r = post(&c, leader, "/cluster/members", Some(json!({"id": dead, "address": "127.0.0.1:9", "learner": true})));
     assert_eq!((r.status, r.json()["code"].as_str()), (409, Some("id_was_removed")), "{}", r.text());
     let dir = c.dir.join("reused");
-    let out = Command::new(BIN)
+    let mut cmd = Command::new(BIN);
+    c.secure(dead, &mut cmd);
+    let out = cmd
         .args(["--id", &dead.to_string(), "--listen", &format!("{}:0", c.ip(dead))])
         .args(["--join", &c.addr(leader)])
         .arg("--data-dir")

@@ -41,6 +41,17 @@ struct Cli {
     /// Bearer token for nodes that require one (--tokens-file on the node).
     #[arg(long, env = "RAFTKV_TOKEN", global = true, hide_env_values = true)]
     token: Option<String>,
+    /// Talk TLS (https) to the nodes, trusting only the CA certificates in
+    /// this PEM file (`make cluster TLS=1` writes .cluster/tls/ca.pem).
+    #[arg(long, env = "RAFTKV_CACERT", global = true)]
+    cacert: Option<std::path::PathBuf>,
+    /// With --cacert: a client certificate (PEM) to present, with --key.
+    /// Not needed for the key-value and admin API (tokens are).
+    #[arg(long = "cert", id = "client_cert", env = "RAFTKV_CERT", global = true, requires = "client_key")]
+    client_cert: Option<std::path::PathBuf>,
+    /// The private key (PEM) of --cert.
+    #[arg(long = "key", id = "client_key", env = "RAFTKV_KEY", global = true, requires = "client_cert")]
+    client_key: Option<std::path::PathBuf>,
     /// Seconds to wait for each request.
     #[arg(long, default_value_t = 5.0, global = true)]
     timeout: f64,
@@ -662,6 +673,8 @@ const COMMANDS: &[&str] =
 #[derive(Helper, Hinter, Validator)]
 struct Complete {
     endpoints: Vec<String>,
+    /// The session's client (TLS, token) with a short timeout.
+    http: HttpClient,
 }
 
 impl Highlighter for Complete {
@@ -685,7 +698,7 @@ impl Completer for Complete {
         // Second word of a key command: complete key names from the cluster.
         let key_cmd = matches!(words.first().copied(), Some("get" | "put" | "cas" | "delete"));
         if key_cmd && (words.len() == 1 || (words.len() == 2 && !before.ends_with(' '))) {
-            let http = HttpClient::new(Duration::from_millis(500));
+            let http = &self.http;
             let path = format!("/kv?prefix={}&limit=50", encode_query(word));
             for ep in &self.endpoints {
                 if let Ok(r) = http.get(ep, &path) {
@@ -712,7 +725,10 @@ fn interactive(ctl: &Ctl) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    rl.set_helper(Some(Complete { endpoints: ctl.endpoints.clone() }));
+    rl.set_helper(Some(Complete {
+        endpoints: ctl.endpoints.clone(),
+        http: ctl.http.clone().with_timeouts(Duration::from_millis(500), Duration::from_millis(500)),
+    }));
     let history = std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".raftkvctl_history"));
     if let Some(h) = &history {
         let _ = rl.load_history(h);
@@ -773,6 +789,20 @@ fn interactive(ctl: &Ctl) -> ExitCode {
     ExitCode::from(status)
 }
 
+fn client(cli: &Cli) -> Result<HttpClient, String> {
+    let mut http = HttpClient::new(Duration::from_secs_f64(cli.timeout)).with_token(cli.token.clone());
+    if let Some(ca) = &cli.cacert {
+        http = http.with_ca_file(ca)?;
+    }
+    if let (Some(cert), Some(key)) = (&cli.client_cert, &cli.client_key) {
+        if cli.cacert.is_none() {
+            return Err("--cert needs --cacert (a client certificate is only sent over TLS)".into());
+        }
+        http = http.with_client_cert(cert, key)?;
+    }
+    Ok(http)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let endpoints: Vec<String> = cli.endpoints.iter().map(|e| e.trim().to_string()).filter(|e| !e.is_empty()).collect();
@@ -788,7 +818,13 @@ fn main() -> ExitCode {
         eprintln!("raftkvctl: --token must not contain spaces or control characters");
         return ExitCode::from(2);
     }
-    let http = HttpClient::new(Duration::from_secs_f64(cli.timeout)).with_token(cli.token.clone());
+    let http = match client(&cli) {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("raftkvctl: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let ctl = Ctl { endpoints, output: cli.output, http };
     match &cli.command {
         None => interactive(&ctl),

@@ -326,7 +326,7 @@ pub(super) async fn forward(
     let pq = req.uri().path_and_query().map_or(req.uri().path(), |pq| pq.as_str());
     let mut out = fwd
         .client
-        .request(req.method().clone(), format!("http://{addr}{pq}"))
+        .request(req.method().clone(), format!("{}://{addr}{pq}", super::peer_scheme(&state.settings)))
         .insert_header((FORWARDED_HEADER, state.settings.id.to_string()))
         .timeout(state.settings.request_timeout);
     // The leader checks the client's token again.

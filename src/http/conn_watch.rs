@@ -55,9 +55,27 @@ impl Drop for ConnWatch {
     }
 }
 
-/// The `on_connect` callback: starts a watchdog for a TCP connection.
+type Tcp = actix_web::rt::net::TcpStream;
+type Tls = actix_tls::accept::rustls_0_23::TlsStream<Tcp>;
+
+/// The certificate a TLS client presented (and the cluster CA verified),
+/// kept in the connection's data for `/raft/*` to check.
+pub struct PeerCert(pub rustls::pki_types::CertificateDer<'static>);
+
+/// The `on_connect` callback: starts a watchdog for a TCP connection and,
+/// over TLS, records the client's certificate.
 pub fn on_connect(conn: &dyn Any, data: &mut Extensions, idle_limit: Duration) {
-    let Some(stream) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() else { return };
+    let stream = if let Some(tcp) = conn.downcast_ref::<Tcp>() {
+        tcp
+    } else if let Some(tls) = conn.downcast_ref::<Tls>() {
+        let (tcp, session) = tls.get_ref();
+        if let Some(cert) = session.peer_certificates().and_then(|c| c.first()) {
+            data.insert(PeerCert(cert.clone().into_owned()));
+        }
+        tcp
+    } else {
+        return;
+    };
     let socket = match stream.as_fd().try_clone_to_owned() {
         Ok(fd) => TcpStream::from(fd),
         Err(e) => {

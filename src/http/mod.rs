@@ -111,8 +111,16 @@ impl AppState {
         if self.settings.public_status { Ok(()) } else { self.authorize(req, Role::Read) }
     }
 
-    /// `/raft/*`: the cluster secret, when the node has one.
+    /// `/raft/*`: with TLS, a client certificate the cluster CA signed (the
+    /// handshake verified it); the cluster secret, when the node has one.
     pub fn authorize_peer(&self, req: &HttpRequest) -> Result<(), ApiError> {
+        if self.settings.tls.is_some() && req.conn_data::<conn_watch::PeerCert>().is_none() {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "peer_certificate_required",
+                "peer requests need a client certificate signed by this cluster's CA (--trusted-ca-file)",
+            ));
+        }
         let Some(secret) = &self.settings.cluster_secret else { return Ok(()) };
         let header = req.headers().get("authorization").and_then(|v| v.to_str().ok());
         match header.and_then(auth::bearer) {
@@ -121,6 +129,26 @@ impl AppState {
                 StatusCode::UNAUTHORIZED,
                 "unauthenticated_peer",
                 "peer requests must carry this cluster's secret (--cluster-secret-file)",
+            )),
+        }
+    }
+
+    /// With TLS, a peer message must come from the member its certificate
+    /// names (`member-<id>.raftkv`): one member's certificate cannot speak
+    /// for another.
+    pub fn check_sender(&self, req: &HttpRequest, from: u64) -> Result<(), ApiError> {
+        if self.settings.tls.is_none() {
+            return Ok(());
+        }
+        match req.conn_data::<conn_watch::PeerCert>() {
+            Some(cert) if crate::tls::names_member(&cert.0, from) => Ok(()),
+            _ => Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "peer_identity_mismatch",
+                format!(
+                    "the message claims to come from member {from}, but the client certificate does not name {}",
+                    crate::tls::member_name(from)
+                ),
             )),
         }
     }
@@ -145,13 +173,32 @@ pub struct Forwarder {
 
 impl Forwarder {
     pub fn new(settings: &Settings) -> Self {
-        let client = awc::Client::builder()
-            .connector(awc::Connector::new().local_address(settings.listen.ip()))
-            .timeout(settings.request_timeout)
-            .disable_redirects()
-            .finish();
-        Forwarder { client }
+        Forwarder { client: peer_client(settings, settings.request_timeout, &[]) }
     }
+}
+
+/// `https` when the node speaks TLS, else `http`: the scheme of requests
+/// to peers.
+pub fn peer_scheme(settings: &Settings) -> &'static str {
+    if settings.tls.is_some() { "https" } else { "http" }
+}
+
+/// An HTTP client for requests to other members, from this node's address:
+/// with TLS on, it presents the node's certificate and trusts only servers
+/// the cluster CA signed.
+pub fn peer_client(settings: &Settings, timeout: Duration, headers: &[(&'static str, String)]) -> awc::Client {
+    let mut connector = awc::Connector::new().local_address(settings.listen.ip());
+    if let Some(tls) = &settings.tls {
+        match tls.client_config() {
+            Ok(config) => connector = connector.rustls_0_23(Arc::new(config)),
+            Err(e) => warn!(target: T_HTTP, "no TLS client configuration ({e}); requests to peers will fail"),
+        }
+    }
+    let mut b = awc::Client::builder().connector(connector).timeout(timeout).disable_redirects();
+    for (name, value) in headers {
+        b = b.add_default_header((*name, value.clone()));
+    }
+    b.finish()
 }
 
 /// The route name recorded in metrics.
@@ -281,6 +328,7 @@ pub async fn serve(
     let workers = settings.http_workers;
     let read_timeout = settings.request_read_timeout;
     let (id, consensus) = (settings.id, node.consensus.clone());
+    let (tls, max_connections) = (settings.tls.clone(), settings.max_connections);
     // The core abandons a transfer after one election timeout; the rest is
     // room for the answer and for the new leader to make itself known.
     let handover_limit = 3 * settings.election_timeout + Duration::from_secs(1);
@@ -324,12 +372,40 @@ pub async fn serve(
     // does not time (see conn_watch.rs): after the keep-alive time plus the
     // read timeout without a request in progress.
     .on_connect(move |conn, data| conn_watch::on_connect(conn, data, 2 * read_timeout))
+    // A client that does not finish the TLS handshake in the read timeout
+    // (a plaintext request to this port does not even start one) is
+    // disconnected.
+    .tls_handshake_timeout(read_timeout)
+    // Per worker: the node's limit split between its workers.
+    .max_connections(max_connections.div_ceil(workers))
     .shutdown_timeout(1)
-    .disable_signals()
-    .listen(listener)?
-    .run();
+    .disable_signals();
+    let server = match &tls {
+        Some(tls) => server.listen_rustls_0_23(listener, tls.server_config().map_err(std::io::Error::other)?)?.run(),
+        None => server.listen(listener)?.run(),
+    };
+    if let Some(tls) = tls {
+        actix_web::rt::spawn(reload_on_sighup(tls, id));
+    }
     actix_web::rt::spawn(stop_on_signal(server.handle(), consensus, id, handover_limit));
     server.await
+}
+
+/// SIGHUP: read the TLS files again (certificate rotation). New
+/// connections use them; a reload that fails keeps the old ones.
+async fn reload_on_sighup(tls: Arc<crate::tls::Tls>, id: u64) {
+    use actix_web::rt::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        warn!(target: T_HTTP, "node {id} cannot watch for SIGHUP; TLS files are reloaded only by a restart");
+        return;
+    };
+    info!(target: T_HTTP, "node {id} serves TLS with certificate {}", tls.fingerprint());
+    while hup.recv().await.is_some() {
+        match tls.reload() {
+            Ok(fp) => info!(target: T_HTTP, "node {id} reloaded its TLS files on SIGHUP: certificate {fp}"),
+            Err(e) => warn!(target: T_HTTP, "node {id}: TLS reload on SIGHUP failed, keeping the old files: {e}"),
+        }
+    }
 }
 
 /// On SIGTERM or SIGINT a leader first hands leadership to the most

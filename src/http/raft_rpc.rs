@@ -50,11 +50,11 @@ pub async fn handle(
             format!("a {} message does not belong on {}", msg.body.kind().as_str(), req.path()),
         ));
     }
-    check_peer(&msg, &state)?;
+    check_peer(&req, &msg, &state)?;
     step(msg, &state).await
 }
 
-fn check_peer(msg: &Message, state: &AppState) -> Result<(), ApiError> {
+fn check_peer(req: &HttpRequest, msg: &Message, state: &AppState) -> Result<(), ApiError> {
     if msg.to != state.settings.id {
         return Err(ApiError::bad_request(
             "wrong_node",
@@ -64,6 +64,7 @@ fn check_peer(msg: &Message, state: &AppState) -> Result<(), ApiError> {
     if msg.from == state.settings.id {
         return Err(ApiError::bad_request("unknown_peer", format!("node {} sent a message to itself", msg.from)));
     }
+    state.check_sender(req, msg.from)?;
     // A node removed from the cluster is refused whatever it sends, so a
     // removed node that comes back cannot disturb the members (its votes
     // would raise their terms). A node this one does not know yet is not
@@ -141,7 +142,7 @@ pub async fn install_snapshot(
             format!("a {} message does not belong on {}", chunk.msg.body.kind().as_str(), req.path()),
         ));
     };
-    check_peer(&chunk.msg, &state)?;
+    check_peer(&req, &chunk.msg, &state)?;
     let receive = ReceiveChunk {
         from: chunk.msg.from,
         meta: meta.clone(),

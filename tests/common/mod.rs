@@ -21,6 +21,47 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_raftkv");
 
 static CLUSTERS: AtomicU32 = AtomicU32::new(0);
 
+/// `RAFTKV_TEST_TLS=1` (`make test-tls`): every cluster of the black-box
+/// tests runs with TLS, mutual TLS between members and client tokens, and
+/// the tests' clients use the CA and an admin token.
+pub fn tls_everywhere() -> bool {
+    std::env::var("RAFTKV_TEST_TLS").is_ok_and(|v| v == "1")
+}
+
+/// A cluster's TLS material: the CA and member certificates that
+/// `scripts/gen-certs.sh` made, and an admin token in a tokens file.
+pub struct TlsSetup {
+    pub dir: PathBuf,
+    pub admin_token: String,
+    pub tokens_file: PathBuf,
+}
+
+impl TlsSetup {
+    pub fn ca(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    pub fn cert(&self, id: u64) -> PathBuf {
+        self.dir.join(format!("node{id}.pem"))
+    }
+
+    pub fn key(&self, id: u64) -> PathBuf {
+        self.dir.join(format!("node{id}-key.pem"))
+    }
+}
+
+/// Runs `scripts/gen-certs.sh dir id=ip...`.
+pub fn gen_certs(dir: &std::path::Path, members: &[(u64, IpAddr)]) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/gen-certs.sh");
+    let out = Command::new("bash")
+        .arg(script)
+        .arg(dir)
+        .args(members.iter().map(|(id, ip)| format!("{id}={ip}")))
+        .output()
+        .expect("run scripts/gen-certs.sh");
+    assert!(out.status.success(), "gen-certs.sh: {}", String::from_utf8_lossy(&out.stderr));
+}
+
 /// The command line of node `id` listening on `addr`: a bootstrap member
 /// of the cluster whose first nodes listen on `bootstrap`, or (`join`) a
 /// node that joins it through that address.
@@ -77,6 +118,8 @@ pub struct Cluster {
     pub args: Vec<String>,
     /// The /24 this cluster lives in: 127.a.b.0
     pub net: (u8, u8),
+    /// Set: the nodes run with TLS and client tokens.
+    pub tls: Option<TlsSetup>,
 }
 
 fn free_port(ip: IpAddr) -> u16 {
@@ -84,15 +127,31 @@ fn free_port(ip: IpAddr) -> u16 {
 }
 
 impl Cluster {
-    /// Starts an `n`-node cluster with default settings plus `args`.
+    /// Starts an `n`-node cluster with default settings plus `args`
+    /// (with TLS and tokens under `RAFTKV_TEST_TLS=1`).
     pub fn start_with(n: u64, args: &[&str]) -> Cluster {
+        Cluster::start_opts(n, args, tls_everywhere())
+    }
+
+    /// Plaintext even under `RAFTKV_TEST_TLS=1`: for tests that write raw
+    /// HTTP/1.1 bytes to a socket (slow clients).
+    pub fn start_plain(n: u64, args: &[&str]) -> Cluster {
+        Cluster::start_opts(n, args, false)
+    }
+
+    /// Starts an `n`-node cluster with TLS, mutual TLS and client tokens.
+    pub fn start_tls(n: u64, args: &[&str]) -> Cluster {
+        Cluster::start_opts(n, args, true)
+    }
+
+    fn start_opts(n: u64, args: &[&str], tls: bool) -> Cluster {
         let seq = CLUSTERS.fetch_add(1, Ordering::SeqCst);
         let pid = std::process::id();
         let net = (20 + (pid % 200) as u8, 1 + ((pid / 200 + seq) % 250) as u8);
         let dir = std::env::temp_dir().join(format!("raftkv-test-{pid}-{seq}"));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();
-        let nodes = (1..=n)
+        let nodes: Vec<Node> = (1..=n)
             .map(|id| {
                 let ip = IpAddr::V4(Ipv4Addr::new(127, net.0, net.1, id as u8));
                 Node {
@@ -105,13 +164,21 @@ impl Cluster {
                 }
             })
             .collect();
-        let mut c = Cluster {
-            dir,
-            nodes,
-            client: HttpClient::new(Duration::from_secs(10)),
-            args: args.iter().map(|s| s.to_string()).collect(),
-            net,
+        let mut client = HttpClient::new(Duration::from_secs(10));
+        let tls = if !tls {
+            None
+        } else {
+            let tls_dir = dir.join("tls");
+            let members: Vec<(u64, IpAddr)> = nodes.iter().map(|n: &Node| (n.id, n.addr.ip())).collect();
+            gen_certs(&tls_dir, &members);
+            let admin_token = raftkv::auth::new_token();
+            let tokens_file = dir.join("tokens");
+            fs::write(&tokens_file, raftkv::auth::token_line("test-admin", raftkv::auth::Role::Admin, &admin_token))
+                .unwrap();
+            client = client.with_ca_file(&tls_dir.join("ca.pem")).unwrap().with_token(Some(admin_token.clone()));
+            Some(TlsSetup { dir: tls_dir, admin_token, tokens_file })
         };
+        let mut c = Cluster { dir, nodes, client, args: args.iter().map(|s| s.to_string()).collect(), net, tls };
         for id in 1..=n {
             c.spawn(id);
         }
@@ -151,7 +218,44 @@ impl Cluster {
         if !self.args.iter().any(|a| a == "--log") {
             cmd.arg("--log").arg("info");
         }
+        self.secure(id, &mut cmd);
         cmd
+    }
+
+    /// With TLS on: member `id`'s certificate, the CA, and the tokens file
+    /// (unless the test gives its own) on a node's command line.
+    pub fn secure(&self, id: u64, cmd: &mut Command) {
+        if let Some(tls) = &self.tls {
+            cmd.arg("--cert-file").arg(tls.cert(id)).arg("--key-file").arg(tls.key(id));
+            cmd.arg("--trusted-ca-file").arg(tls.ca());
+            if !self.args.iter().any(|a| a == "--tokens-file") {
+                cmd.arg("--tokens-file").arg(&tls.tokens_file).env("RAFTKV_JOIN_TOKEN", &tls.admin_token);
+            }
+        }
+    }
+
+    /// The cluster's client (TLS and token when on) with another timeout.
+    pub fn client_with(&self, timeout: Duration) -> HttpClient {
+        self.client.clone().with_timeouts(timeout.min(Duration::from_secs(2)), timeout)
+    }
+
+    /// A client for `/raft/*` requests made by hand: with TLS, it presents
+    /// member `id`'s certificate.
+    pub fn peer_client(&self, id: u64) -> HttpClient {
+        let http = self.client_with(Duration::from_secs(5));
+        match &self.tls {
+            Some(tls) => http.with_client_cert(&tls.cert(id), &tls.key(id)).unwrap(),
+            None => http,
+        }
+    }
+
+    /// What `raftkvctl` needs in its environment to reach this cluster.
+    pub fn ctl_env(&self, cmd: &mut Command) {
+        cmd.env_remove("RAFTKV_ENDPOINTS");
+        match &self.tls {
+            Some(tls) => cmd.env("RAFTKV_CACERT", tls.ca()).env("RAFTKV_TOKEN", &tls.admin_token),
+            None => cmd.env_remove("RAFTKV_CACERT").env_remove("RAFTKV_TOKEN"),
+        };
     }
 
     pub fn spawn(&mut self, id: u64) {
@@ -165,7 +269,7 @@ impl Cluster {
             .expect("start raftkv");
         self.nodes[id as usize - 1].child = Some(child);
         let addr = self.addr(id);
-        let client = HttpClient::new(Duration::from_millis(500));
+        let client = self.client_with(Duration::from_millis(500));
         eventually(Duration::from_secs(10), &format!("node {id} to answer /health"), || {
             if let Some(status) = self.exit_status(id) {
                 panic!("node {id} exited at start with {status}; log:\n{}", self.log(id));
@@ -187,6 +291,9 @@ impl Cluster {
             child: None,
             join: Some(self.node(via).addr),
         });
+        if let Some(tls) = &self.tls {
+            gen_certs(&tls.dir, &[(id, ip)]);
+        }
         self.spawn(id);
         id
     }
@@ -201,7 +308,7 @@ impl Cluster {
     /// Waits until node `id` sees `voters` as voters and `learners` as learners, committed.
     pub fn wait_members(&self, id: u64, voters: &[u64], learners: &[u64], timeout: Duration) {
         eventually(timeout, &format!("node {id} to see voters {voters:?}, learners {learners:?}"), || {
-            let r = HttpClient::new(Duration::from_millis(500)).get(&self.addr(id), "/cluster/members").ok()?;
+            let r = self.client_with(Duration::from_millis(500)).get(&self.addr(id), "/cluster/members").ok()?;
             let v = r.json();
             let ids = |role: &str| -> Vec<u64> {
                 v["members"]
@@ -245,7 +352,7 @@ impl Cluster {
     }
 
     pub fn status(&self, id: u64) -> Option<Value> {
-        let r = HttpClient::new(Duration::from_millis(500)).get(&self.addr(id), "/status").ok()?;
+        let r = self.client_with(Duration::from_millis(500)).get(&self.addr(id), "/status").ok()?;
         (r.status == 200).then(|| r.json())
     }
 
