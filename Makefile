@@ -4,16 +4,24 @@ CARGO ?= cargo
 BIN := target/release/raftkv
 CTL := target/release/raftkvctl
 ENDPOINTS ?= 127.0.0.1:8001,127.0.0.1:8002,127.0.0.1:8003
+# A cluster started with `make cluster TLS=1`: raftkvctl talks TLS with its
+# CA and the admin token (the targets below that call it need both).
+ifneq ($(wildcard .cluster/tls/ca.pem),)
+export RAFTKV_CACERT := .cluster/tls/ca.pem
+export RAFTKV_TOKEN := $(shell cat .cluster/admin.token 2>/dev/null)
+endif
 
-.PHONY: help build cluster stop kill-leader add-node remove-node clean-cluster test unit sim mutation-check mutants
+.PHONY: help build cluster stop kill-leader add-node remove-node clean-cluster test test-tls unit sim mutation-check mutants
 
 help:
 	@echo "make cluster   build (release) and start a local 3-node cluster in the background"
+	@echo "make cluster TLS=1   the same with TLS, mutual TLS between members and an admin token (.cluster/admin.token)"
 	@echo "make stop      stop the processes 'make cluster' started"
 	@echo "make kill-leader   kill -9 the leader ('make cluster' restarts it)"
 	@echo "make add-node N=4  start node 4 (config/node4.toml), which joins as a learner, and promote it"
 	@echo "make remove-node N=4   remove member 4 from the cluster and stop it"
-	@echo "make test      run the whole test suite (installs iptables/promtool if missing)"
+	@echo "make test      run the whole test suite, then the black-box tests again with TLS and tokens (installs iptables/promtool/openssl if missing)"
+	@echo "make test-tls  only the black-box and chaos tests with TLS and tokens on"
 	@echo "make sim SIM_SEEDS=20000   run the deterministic simulation on more seeds"
 	@echo "make mutation-check   the five planted rule violations must each be caught"
 	@echo "make mutants   cargo-mutants over src/raft (hours; MUTANTS_ARGS='--shard 1/8' for a slice)"
@@ -50,6 +58,17 @@ test:
 		$(CARGO) nextest run --release --workspace --no-fail-fast; \
 	else \
 		$(CARGO) test --release --workspace --no-fail-fast; \
+	fi
+	@$(MAKE) --no-print-directory test-tls
+
+# The black-box and chaos tests again, every cluster with TLS (mutual
+# between members) and client tokens on (RAFTKV_TEST_TLS=1).
+test-tls:
+	@scripts/install-deps.sh test
+	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
+		RAFTKV_TEST_TLS=1 $(CARGO) nextest run --release --workspace --no-fail-fast -E 'kind(test) - binary(bench)'; \
+	else \
+		RAFTKV_TEST_TLS=1 $(CARGO) test --release --workspace --no-fail-fast --tests; \
 	fi
 
 # Each patch in scripts/mutations/ breaks one safety rule; the unit tests or

@@ -8,16 +8,61 @@
 #   scripts/cluster.sh remove N     (make remove-node N=4: remove member N, stop it)
 # Data and logs live under $CLUSTER_DIR (default .cluster); the pids of the
 # processes it started are kept there, and `stop` stops exactly those.
+# TLS=1 with 'start' on a new directory: a CA and member certificates in
+# $CLUSTER_DIR/tls (scripts/gen-certs.sh), an admin token in
+# $CLUSTER_DIR/admin.token, and every node started with TLS, mutual TLS
+# between members and client tokens. A directory made so stays TLS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DIR="${CLUSTER_DIR:-.cluster}"
 BIN="${RAFTKV_BIN:-target/release/raftkv}"
 CTL="${RAFTKVCTL_BIN:-target/release/raftkvctl}"
 PIDS="$DIR/pids"
+TLSDIR="$DIR/tls"
+
+tls_on() { [ -f "$TLSDIR/ca.pem" ]; }
+
+# The flags node $1 needs on top of its config file.
+node_flags() {
+  tls_on || return 0
+  "$(dirname "$0")/gen-certs.sh" "$TLSDIR" "$1=127.0.0.1"
+  printf '%s\n' --cert-file "$TLSDIR/node$1.pem" --key-file "$TLSDIR/node$1-key.pem" \
+    --trusted-ca-file "$TLSDIR/ca.pem" --tokens-file "$DIR/tokens"
+}
+
+start_node() { # start node $1 in the background, pid to stdout
+  local flags
+  mapfile -t flags < <(node_flags "$1")
+  RAFTKV_JOIN_TOKEN="$(cat "$DIR/admin.token" 2>/dev/null || true)" \
+    nohup "$BIN" --config "config/node$1.toml" "${flags[@]}" >>"$DIR/node$1.log" 2>&1 &
+  echo $!
+}
+
+# A fresh directory with TLS=1: certificates and an admin token.
+setup_tls() {
+  if [ "${TLS:-0}" = 1 ] && ! tls_on; then
+    if [ -d "$DIR/node1" ]; then
+      echo "$DIR holds a plaintext cluster; 'make clean-cluster' first to start one with TLS" >&2; exit 2
+    fi
+    mkdir -p "$TLSDIR"
+    "$(dirname "$0")/gen-certs.sh" "$TLSDIR" 1=127.0.0.1 2=127.0.0.1 3=127.0.0.1
+    ( umask 077; "$CTL" -o json token new admin admin >"$DIR/admin.json" )
+    sed -n 's/.*"token": *"\([^"]*\)".*/\1/p' "$DIR/admin.json" >"$DIR/admin.token"
+    sed -n 's/.*"tokens_file_line": *"\([^"]*\)".*/\1/p' "$DIR/admin.json" >"$DIR/tokens"
+    rm -f "$DIR/admin.json"
+    chmod 600 "$DIR/admin.token"
+  fi
+}
 
 # GET a path over plain bash /dev/tcp (no curl needed); prints the body.
+# With TLS, curl with the CA and the admin token.
 http_get() {
   local host=$1 port=$2 path=$3
+  if tls_on; then
+    curl -sf --max-time 2 --cacert "$TLSDIR/ca.pem" -H "Authorization: Bearer $(cat "$DIR/admin.token")" \
+      "https://$host:$port$path"
+    return
+  fi
   exec 3<>"/dev/tcp/$host/$port" || return 1
   printf 'GET %s HTTP/1.0\r\nHost: %s\r\n\r\n' "$path" "$host" >&3
   sed '1,/^\r$/d' <&3
@@ -44,6 +89,7 @@ nodes() {
 case "${1:-}" in
 start)
   mkdir -p "$DIR"
+  setup_tls
   fresh=1
   [ -s "$PIDS" ] && fresh=0
   touch "$PIDS"
@@ -55,8 +101,7 @@ start)
     [ -e "$DIR/removed.$i" ] && continue
     pid=$(pid_of "$i")
     if [ -n "$pid" ] && ours "$pid"; then continue; fi
-    nohup "$BIN" --config "config/node$i.toml" >>"$DIR/node$i.log" 2>&1 &
-    newpid=$!
+    newpid=$(start_node "$i")
     while [ "$(wc -l <"$PIDS")" -lt 3 ]; do echo 0 >>"$PIDS"; done
     sed -i "${i}s/.*/$newpid/" "$PIDS"
     started=$((started+1))
@@ -67,8 +112,7 @@ start)
     [ "$n" -le 3 ] && continue
     pid=$(pid_of "$n")
     if ours "$pid"; then continue; fi
-    nohup "$BIN" --config "config/node$n.toml" >>"$DIR/node$n.log" 2>&1 &
-    echo $! >"$DIR/pid.$n"
+    start_node "$n" >"$DIR/pid.$n"
     echo "restarted extra member $n"
   done
   # Wait until every node still running answers and one of them is the leader.
@@ -106,6 +150,22 @@ start)
     exit 1
   fi
   running=$(for i in $(nodes); do ours "$(pid_of "$i")" && printf '%s ' "$i"; done)
+  if tls_on; then
+    cat <<MSG
+raftkv cluster running with TLS and tokens: nodes ${running% } on https://127.0.0.1:800N, leader is node $leader.
+Data and logs: $DIR/  (node1.log, node1/wal/ ...); CA and certificates: $TLSDIR/
+
+Try:
+  export RAFTKV_CACERT=$TLSDIR/ca.pem RAFTKV_TOKEN=\$(cat $DIR/admin.token)
+  curl --cacert \$RAFTKV_CACERT -H "Authorization: Bearer \$RAFTKV_TOKEN" -X PUT https://localhost:8001/kv/greeting -d '{"value": "hello"}'
+  curl --cacert \$RAFTKV_CACERT -H "Authorization: Bearer \$RAFTKV_TOKEN" https://localhost:8002/kv/greeting
+  curl --cacert \$RAFTKV_CACERT https://localhost:8003/kv/greeting     # no token: 401
+  target/release/raftkvctl status        # reads RAFTKV_CACERT and RAFTKV_TOKEN
+  target/release/raftkvctl token new ci write   # a write token: add its line to $DIR/tokens, restart
+  kill -HUP <pid>         # a node reloads its certificate files (rotation)
+  make stop
+MSG
+  else
   cat <<MSG
 raftkv cluster running: nodes ${running% } on 127.0.0.1:800N, leader is node $leader.
 Data and logs: $DIR/  (node1.log, node1/wal/ ...)
@@ -120,6 +180,7 @@ Try:
   make kill-leader        # kill -9 the leader; 'make cluster' restarts it
   make stop
 MSG
+  fi
   ;;
 kill-leader)
   [ -f "$PIDS" ] || { echo "no cluster started from here is running"; exit 1; }
@@ -138,8 +199,7 @@ add)
   pid=$(cat "$DIR/pid.$n" 2>/dev/null || true)
   if [ -n "$pid" ] && ours "$pid"; then echo "node $n is running already (pid $pid)"; else
     mkdir -p "$DIR"
-    nohup "$BIN" --config "config/node$n.toml" >>"$DIR/node$n.log" 2>&1 &
-    echo $! >"$DIR/pid.$n"
+    start_node "$n" >"$DIR/pid.$n"
     echo "node $n started (log: $DIR/node$n.log); it joins as a learner"
   fi
   "$CTL" --endpoints "127.0.0.1:8001,127.0.0.1:8002,127.0.0.1:8003,127.0.0.1:800$n" member promote "$n" --wait 60
