@@ -26,3 +26,37 @@ pub fn node_binary() -> PathBuf {
         _ => beside,
     }
 }
+
+/// A CA (made once) and member certificates in `dir` for `(id, ip)` pairs,
+/// by the repository's `scripts/gen-certs.sh` (openssl): `dir/ca.pem`,
+/// `dir/node<id>.pem`, `dir/node<id>-key.pem`. Existing files are kept.
+pub fn gen_certs(dir: &std::path::Path, members: &[(u64, std::net::IpAddr)]) -> Result<(), String> {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/gen-certs.sh");
+    let out = std::process::Command::new(&script)
+        .arg(dir)
+        .args(members.iter().map(|(id, ip)| format!("{id}={ip}")))
+        .output()
+        .map_err(|e| format!("{}: {e}", script.display()))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("{} failed: {}", script.display(), String::from_utf8_lossy(&out.stderr).trim()))
+    }
+}
+
+/// The flags that give node `id` its certificate, the CA and the tokens
+/// file, for certificates made by [`gen_certs`] in `certs`.
+pub fn tls_node_args(certs: &std::path::Path, id: u64, tokens_file: &std::path::Path) -> Vec<std::ffi::OsString> {
+    let mut args: Vec<std::ffi::OsString> = Vec::new();
+    for (flag, file) in [
+        ("--cert-file", format!("node{id}.pem")),
+        ("--key-file", format!("node{id}-key.pem")),
+        ("--trusted-ca-file", "ca.pem".to_string()),
+    ] {
+        args.push(flag.into());
+        args.push(certs.join(file).into());
+    }
+    args.push("--tokens-file".into());
+    args.push(tokens_file.into());
+    args
+}

@@ -1,6 +1,7 @@
 //! `make bench` keeps working: a smoke run of `raftkv-bench` with 1-second
 //! loads against raftkv and the ceiling (etcd is left out here; the full
-//! comparison is `make bench`). Needs `wrk` (installed by .ci/run).
+//! comparison is `make bench`), and the cluster with TLS and tokens. Needs
+//! `wrk` and `openssl` (installed by .ci/run).
 
 use std::process::Command;
 
@@ -34,7 +35,7 @@ fn bench_measures_every_load_and_the_recovery_time() {
         .map(|l| l.split('|').map(|c| c.trim().to_string()).collect())
         .collect();
     for (load, conns) in [("PUT", "1"), ("PUT", "16"), ("PUT", "64"), ("PUT", "256"), ("GET linearizable", "64")] {
-        for system in ["raftkv", "ceiling"] {
+        for system in ["raftkv", "raftkv TLS+tokens", "ceiling"] {
             let row = rows
                 .iter()
                 .find(|r| r[1] == load && r[2] == conns && r[3] == system)

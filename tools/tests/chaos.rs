@@ -29,6 +29,8 @@ fn config(nodes: u64, seed: u64, faults: Vec<Fault>, secs: u64) -> ChaosConfig {
         // catch up through InstallSnapshot while the faults go on.
         extra_node_args: raftkv_tools::chaos::snapshot_args(100),
         lease_reads: false,
+        // As in the black-box tests: RAFTKV_TEST_TLS=1 runs them with TLS and tokens.
+        tls: std::env::var_os("RAFTKV_TEST_TLS").is_some_and(|v| v == "1"),
     }
 }
 

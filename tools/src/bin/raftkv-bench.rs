@@ -1,7 +1,9 @@
 //! `raftkv-bench` (`make bench`): raftkv and etcd side by side on this
 //! machine, driven by the same `wrk` load, plus a ceiling (one actix-web
 //! process over a HashMap, no replication, no fsync) and the time from
-//! `kill -9` of the leader to the first acknowledged write.
+//! `kill -9` of the leader to the first acknowledged write. A second
+//! raftkv cluster with TLS (mutual between members) and client tokens runs
+//! the same loads, so the cost of security is a ratio of one run.
 //!
 //! Both clusters are 3 members on loopback with their default durability
 //! (every acknowledged write fsynced on a majority); the load goes to each
@@ -17,6 +19,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use raftkv::auth::{self, Role};
 use raftkv::client::HttpClient;
 use raftkv_tools::process::{Proc, wait_until};
 use serde_json::{Value, json};
@@ -39,13 +42,16 @@ struct Args {
     /// Leave etcd out (if it cannot be installed).
     #[arg(long)]
     no_etcd: bool,
-    /// Only raftkv (no etcd, no ceiling): for A/B runs of raftkv settings.
+    /// Only raftkv (no etcd, no ceiling, no TLS cluster): for A/B runs of raftkv settings.
     #[arg(long)]
     only_raftkv: bool,
+    /// Leave out the raftkv cluster with TLS and tokens.
+    #[arg(long)]
+    no_tls: bool,
     /// Extra flags for every raftkv node, e.g. "--max-inflight 1".
     #[arg(long, default_value = "", allow_hyphen_values = true)]
     raftkv_args: String,
-    /// raftkv nodes listen on base+1..3, the ceiling on base+100.
+    /// raftkv nodes listen on base+1..3, with TLS on base+11..13, the ceiling on base+100.
     #[arg(long, default_value_t = 18000)]
     port_base: u16,
     /// A heading for this run in the report.
@@ -117,6 +123,7 @@ fn b64(input: &[u8]) -> String {
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
 enum System {
     Raftkv,
+    RaftkvTls,
     Etcd,
     Ceiling,
 }
@@ -125,6 +132,7 @@ impl System {
     fn name(self) -> &'static str {
         match self {
             System::Raftkv => "raftkv",
+            System::RaftkvTls => "raftkv TLS+tokens",
             System::Etcd => "etcd 3.4",
             System::Ceiling => "ceiling",
         }
@@ -160,17 +168,19 @@ function init(args)
 end
 "#;
 
-fn wrk_script(sys: System, load: Load) -> String {
+fn wrk_script(sys: System, load: Load, token: Option<&str>) -> String {
     let value = "x".repeat(VALUE_LEN);
     let mut s = String::new();
     match sys {
-        System::Raftkv | System::Ceiling => {
-            let _ = writeln!(s, "local hdr = {{[\"Content-Type\"] = \"application/json\"}}");
+        System::Raftkv | System::RaftkvTls | System::Ceiling => {
+            let auth = token.map(|t| format!(", [\"Authorization\"] = \"Bearer {t}\"")).unwrap_or_default();
+            let _ = writeln!(s, "local hdr = {{[\"Content-Type\"] = \"application/json\"{auth}}}");
+            let _ = writeln!(s, "local ghdr = {{{}}}", auth.trim_start_matches(", "));
             let _ = writeln!(s, "local body = '{{\"value\":\"{value}\"}}'");
             let req = match load {
                 Load::Put => "wrk.format('PUT', '/kv/key' .. math.random(1, KEYS), hdr, body)",
-                Load::GetLinearizable => "wrk.format('GET', '/kv/key' .. math.random(1, KEYS))",
-                Load::GetStale => "wrk.format('GET', '/kv/key' .. math.random(1, KEYS) .. '?consistency=stale')",
+                Load::GetLinearizable => "wrk.format('GET', '/kv/key' .. math.random(1, KEYS), ghdr)",
+                Load::GetStale => "wrk.format('GET', '/kv/key' .. math.random(1, KEYS) .. '?consistency=stale', ghdr)",
             };
             let _ = writeln!(s, "KEYS = {KEYS}\nrequest = function() return {req} end");
         }
@@ -225,17 +235,20 @@ struct Target {
     sys: System,
     addr: String,
     pids: Vec<u32>,
+    /// The client that reaches it (TLS and token for `RaftkvTls`).
+    http: HttpClient,
+    token: Option<String>,
 }
 
 fn run_wrk(dir: &Path, t: &Target, load: Load, conns: u32, secs: u64) -> Measure {
     let script = dir.join(format!("{}-{:?}.lua", t.sys.name().replace(' ', "_"), load));
-    fs::write(&script, wrk_script(t.sys, load)).unwrap();
+    fs::write(&script, wrk_script(t.sys, load, t.token.as_deref())).unwrap();
     let cpu_before: f64 = t.pids.iter().map(|&p| cpu_seconds(p)).sum();
     let out = Command::new("wrk")
         .args(["-t", &conns.min(2).to_string(), "-c", &conns.to_string(), "-d", &format!("{secs}s"), "--latency"])
         .arg("-s")
         .arg(&script)
-        .arg(format!("http://{}", t.addr))
+        .arg(format!("{}://{}", t.http.scheme(), t.addr))
         .output()
         .expect("wrk (Debian package wrk); run scripts/install-deps.sh bench");
     let cpu_after: f64 = t.pids.iter().map(|&p| cpu_seconds(p)).sum();
@@ -269,13 +282,14 @@ fn etcd_leader(http: &HttpClient, addrs: &[String]) -> Option<usize> {
 }
 
 /// Writes all keys once so that reads find them.
-fn preload(sys: System, addr: &str) {
+fn preload(target: &Target) {
+    let (sys, addr) = (target.sys, target.addr.as_str());
     let value = "x".repeat(VALUE_LEN);
     std::thread::scope(|s| {
         for t in 0..8u32 {
             let value = &value;
             s.spawn(move || {
-                let http = HttpClient::new(Duration::from_secs(10));
+                let http = target.http.clone().with_timeouts(Duration::from_secs(2), Duration::from_secs(10));
                 for k in (1..=KEYS).filter(|k| k % 8 == t) {
                     let key = format!("key{k}");
                     let r = match sys {
@@ -314,22 +328,50 @@ fn main() {
         );
     }
 
-    // --- raftkv: 3 nodes, default settings ---
-    let raft_addrs: Vec<String> = (1..=3).map(|i| format!("127.0.0.1:{}", args.port_base + i)).collect();
+    // --- raftkv: 3 nodes, default settings; and 3 more with TLS and tokens ---
+    let addrs_from = |base: u16| -> Vec<String> { (1..=3).map(|i| format!("127.0.0.1:{}", base + i)).collect() };
+    let raft_addrs = addrs_from(args.port_base);
+    let tls_addrs = addrs_from(args.port_base + 10);
     let ceiling_addr = format!("127.0.0.1:{}", args.port_base + 100);
-    let raft_cmd = |i: usize| {
-        let peers: Vec<String> = (1..=3).filter(|&j| j != i).map(|j| format!("{j}={}", raft_addrs[j - 1])).collect();
+    let node_cmd = |addrs: &[String], name: &str, i: usize| {
+        let peers: Vec<String> = (1..=3).filter(|&j| j != i).map(|j| format!("{j}={}", addrs[j - 1])).collect();
         let mut c = Command::new(&bin);
-        c.args(["--id", &i.to_string(), "--listen", &raft_addrs[i - 1], "--peers", &peers.join(",")])
+        c.args(["--id", &i.to_string(), "--listen", &addrs[i - 1], "--peers", &peers.join(",")])
             .arg("--data-dir")
-            .arg(dir.join(format!("raftkv{i}")))
+            .arg(dir.join(format!("{name}{i}")))
             .args(args.raftkv_args.split_whitespace())
             .env_remove("RUST_LOG");
         c
     };
+    let raft_cmd = |i: usize| node_cmd(&raft_addrs, "raftkv", i);
     let mut raft: Vec<Proc> = (1..=3)
         .map(|i| Proc::spawn(&format!("raftkv{i}"), &mut raft_cmd(i), &dir.join(format!("raftkv{i}.log"))))
         .collect();
+    let use_tls = !args.no_tls && !args.only_raftkv;
+    let tls_token = auth::new_token();
+    let tls_http = if use_tls {
+        let certs = dir.join("tls");
+        let local = std::net::IpAddr::from([127, 0, 0, 1]);
+        raftkv_tools::gen_certs(&certs, &[(1, local), (2, local), (3, local)]).expect("certificates (needs openssl)");
+        fs::write(dir.join("tokens"), auth::token_line("bench", Role::Write, &tls_token) + "\n").unwrap();
+        HttpClient::new(Duration::from_secs(2))
+            .with_ca_file(&certs.join("ca.pem"))
+            .unwrap()
+            .with_token(Some(tls_token.clone()))
+    } else {
+        HttpClient::new(Duration::from_secs(2))
+    };
+    let tls_nodes: Vec<Proc> = if use_tls {
+        (1..=3)
+            .map(|i| {
+                let mut c = node_cmd(&tls_addrs, "raftkv-tls", i);
+                c.args(raftkv_tools::tls_node_args(&dir.join("tls"), i as u64, &dir.join("tokens")));
+                Proc::spawn(&format!("raftkv-tls{i}"), &mut c, &dir.join(format!("raftkv-tls{i}.log")))
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
 
     // --- etcd: 3 members, default fsync ---
     let etcd_addrs: Vec<String> = (1..=3).map(|i| format!("127.0.0.1:{i}2379")).collect();
@@ -363,6 +405,11 @@ fn main() {
     wait_until("every raftkv node to be ready", Duration::from_secs(20), || {
         raft_addrs.iter().all(|a| http.get(a, "/ready").is_ok_and(|r| r.status == 200))
     });
+    if use_tls {
+        wait_until("every raftkv node with TLS to be ready", Duration::from_secs(20), || {
+            tls_addrs.iter().all(|a| tls_http.get(a, "/ready").is_ok_and(|r| r.status == 200))
+        });
+    }
     if use_etcd {
         wait_until("an etcd leader", Duration::from_secs(30), || etcd_leader(&http, &etcd_addrs).is_some());
     }
@@ -370,23 +417,29 @@ fn main() {
         wait_until("the ceiling", Duration::from_secs(10), || http.get(&ceiling_addr, "/health").is_ok());
     }
     let rl = raftkv_leader(&http, &raft_addrs).unwrap();
-    let mut targets =
-        vec![Target { sys: System::Raftkv, addr: raft_addrs[rl].clone(), pids: raft.iter().map(Proc::pid).collect() }];
+    let target = |sys, addr: &str, procs: &[Proc]| Target {
+        sys,
+        addr: addr.to_string(),
+        pids: procs.iter().map(Proc::pid).collect(),
+        http: if sys == System::RaftkvTls { tls_http.clone() } else { http.clone() },
+        token: (sys == System::RaftkvTls).then(|| tls_token.clone()),
+    };
+    let mut targets = vec![target(System::Raftkv, &raft_addrs[rl], &raft)];
+    if use_tls {
+        let tl = raftkv_leader(&tls_http, &tls_addrs).expect("a leader of the TLS cluster");
+        targets.push(target(System::RaftkvTls, &tls_addrs[tl], &tls_nodes));
+    }
     if use_etcd {
         let el = etcd_leader(&http, &etcd_addrs).unwrap();
-        targets.push(Target {
-            sys: System::Etcd,
-            addr: etcd_addrs[el].clone(),
-            pids: _etcd.iter().map(Proc::pid).collect(),
-        });
+        targets.push(target(System::Etcd, &etcd_addrs[el], &_etcd));
     }
     if let Some(c) = &_ceiling {
-        targets.push(Target { sys: System::Ceiling, addr: ceiling_addr.clone(), pids: vec![c.pid()] });
+        targets.push(target(System::Ceiling, &ceiling_addr, std::slice::from_ref(c)));
     }
 
     eprintln!("preloading {KEYS} keys into each system...");
     for t in &targets {
-        preload(t.sys, &t.addr);
+        preload(t);
         run_wrk(&dir, t, Load::Put, 16, 2); // warm-up, not recorded
     }
 
@@ -493,7 +546,9 @@ fn main() {
     let _ = writeln!(
         md,
         "`make bench{}`{} — {} s per load, {} cores ({cpu}), raftkv {} vs etcd 3.4.23 (Debian), 3 members each on loopback, \
-         load to each leader, 100-byte values, {KEYS} random keys. CPU is server CPU (all members) per operation.\n",
+         load to each leader, 100-byte values, {KEYS} random keys. CPU is server CPU (all members) per operation. \
+         `raftkv TLS+tokens`: a second raftkv cluster, same settings, with TLS on every connection (mutual between \
+         members, rustls, EC P-256) and every request carrying a bearer token, running beside the first.\n",
         if args.quick { " BENCH_QUICK=1" } else { "" },
         if args.raftkv_args.is_empty() {
             String::new()
@@ -504,23 +559,28 @@ fn main() {
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         env!("CARGO_PKG_VERSION")
     );
-    let _ = writeln!(
-        md,
-        "| load | conns | system | req/s | p50 ms | p99 ms | p99.9 ms | CPU µs/op | errors | raftkv / etcd |"
-    );
+    let _ =
+        writeln!(md, "| load | conns | system | req/s | p50 ms | p99 ms | p99.9 ms | CPU µs/op | errors | ratios |");
     let _ = writeln!(md, "|---|---|---|---:|---:|---:|---:|---:|---:|---|");
     for &(load, conns) in &scenarios {
         let r = results.get(&(load, conns, System::Raftkv));
         let e = results.get(&(load, conns, System::Etcd));
         for t in &targets {
             let Some(m) = results.get(&(load, conns, t.sys)) else { continue };
+            let vs = |b: &Measure, what: &str| {
+                format!(
+                    "{:.2}× {what} throughput, p50 {:.2}×, p99 {:.2}×",
+                    m.rps / b.rps,
+                    m.p50_us / b.p50_us,
+                    m.p99_us / b.p99_us
+                )
+            };
             let ratio = match (t.sys, r, e) {
-                (System::Raftkv, Some(r), Some(e)) => format!(
-                    "{:.2}× throughput, p50 {:.2}×, p99 {:.2}×",
-                    r.rps / e.rps,
-                    r.p50_us / e.p50_us,
-                    r.p99_us / e.p99_us
-                ),
+                (System::Raftkv, _, Some(e)) => vs(e, "etcd"),
+                (System::RaftkvTls, Some(r), e) => {
+                    let plain = vs(r, "plaintext");
+                    e.map_or(plain.clone(), |e| format!("{plain}; {:.2}× etcd throughput", m.rps / e.rps))
+                }
                 _ => String::new(),
             };
             let cells = m.cells().join(" | ");

@@ -61,6 +61,10 @@ struct Args {
     /// Make half of the reads lease reads (`?consistency=lease`).
     #[arg(long)]
     lease_reads: bool,
+    /// TLS on every connection (mutual between members, certificates made
+    /// with scripts/gen-certs.sh) and client tokens on every node.
+    #[arg(long)]
+    tls: bool,
     /// TESTING ONLY: a deliberate bug the checker must catch. `local-reads`:
     /// the clients read local state (`?consistency=stale`) and record the
     /// reads as linearizable.
@@ -99,6 +103,7 @@ fn main() -> ExitCode {
                 .chain(a.node_args.iter().cloned())
                 .collect(),
             lease_reads: a.lease_reads,
+            tls: a.tls,
         };
         eprintln!(
             "run {}/{}: {} nodes, {} s, seed {seed}, output {}",

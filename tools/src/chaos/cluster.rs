@@ -32,6 +32,16 @@ pub struct ChaosCluster {
     tag: String,
     /// Blocked directed links (from, to), as node ids.
     pub blocked: Vec<(u64, u64)>,
+    /// TLS and client tokens on every node (see [`ChaosCluster::enable_tls`]).
+    tls: Option<ChaosTls>,
+}
+
+/// Certificates (a CA, one per node, made as nodes are added), a tokens
+/// file and the admin token every client of the run presents.
+struct ChaosTls {
+    certs: PathBuf,
+    tokens_file: PathBuf,
+    token: String,
 }
 
 /// The command line of node `id` of a cluster whose nodes listen on
@@ -66,6 +76,11 @@ fn join_command(
 fn with_common_args(mut cmd: Command, data_dir: &Path, extra_args: &[String]) -> Command {
     cmd.arg("--data-dir").arg(data_dir).args(extra_args).env_remove("RUST_LOG");
     cmd
+}
+
+/// Node `id`'s certificate (made on its first start).
+fn raftkv_tools_certs(certs: &Path, id: u64, ip: IpAddr) -> std::io::Result<()> {
+    crate::gen_certs(certs, &[(id, ip)]).map_err(std::io::Error::other)
 }
 
 fn free_port(ip: IpAddr) -> std::io::Result<u16> {
@@ -110,7 +125,30 @@ impl ChaosCluster {
             });
         }
         let tag = format!("raftkv-chaos-{}", std::process::id());
-        Ok(ChaosCluster { nodes, binary: binary.to_path_buf(), extra_args, tag, blocked: Vec::new() })
+        Ok(ChaosCluster { nodes, binary: binary.to_path_buf(), extra_args, tag, blocked: Vec::new(), tls: None })
+    }
+
+    /// From now on nodes start with TLS (mutual between members) and
+    /// client tokens, and [`ChaosCluster::client`] speaks TLS with an
+    /// admin token. Call before the first start.
+    pub fn enable_tls(&mut self, dir: &Path) -> Result<(), String> {
+        let token = raftkv::auth::new_token();
+        let tokens_file = dir.join("tokens");
+        let line = raftkv::auth::token_line("chaos", raftkv::auth::Role::Admin, &token);
+        fs::write(&tokens_file, line + "\n").map_err(|e| format!("{}: {e}", tokens_file.display()))?;
+        self.tls = Some(ChaosTls { certs: dir.join("tls"), tokens_file, token });
+        Ok(())
+    }
+
+    /// A client for this cluster's nodes (TLS and token when on).
+    pub fn client(&self, timeout: Duration) -> HttpClient {
+        let http = HttpClient::new(timeout);
+        match &self.tls {
+            Some(t) => {
+                http.with_ca_file(&t.certs.join("ca.pem")).expect("the run's CA").with_token(Some(t.token.clone()))
+            }
+            None => http,
+        }
     }
 
     pub fn node(&self, id: u64) -> &ChaosNode {
@@ -166,6 +204,10 @@ impl ChaosCluster {
             Some(via) => join_command(&self.binary, id, node.addr, via, &node.data_dir, &self.extra_args),
             None => node_command(&self.binary, id, &addrs, &node.data_dir, &self.extra_args),
         };
+        if let Some(t) = &self.tls {
+            raftkv_tools_certs(&t.certs, id, node.addr.ip())?;
+            cmd.args(crate::tls_node_args(&t.certs, id, &t.tokens_file)).env("RAFTKV_JOIN_TOKEN", &t.token);
+        }
         let child = cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log).spawn()?;
         let node = &mut self.nodes[id as usize - 1];
         node.child = Some(child);
@@ -258,7 +300,7 @@ impl ChaosCluster {
 
     /// The leader that the reachable nodes agree on, if any.
     pub fn leader(&self) -> Option<u64> {
-        let http = HttpClient::new(Duration::from_millis(300));
+        let http = self.client(Duration::from_millis(300));
         for n in &self.nodes {
             if n.child.is_none() || n.paused || n.retired {
                 continue;
@@ -275,7 +317,7 @@ impl ChaosCluster {
 
     /// Waits until some node is leader and every node is ready.
     pub fn wait_ready(&self, timeout: Duration) -> bool {
-        let http = HttpClient::new(Duration::from_millis(500));
+        let http = self.client(Duration::from_millis(500));
         let start = Instant::now();
         while start.elapsed() < timeout {
             let all = self

@@ -152,6 +152,8 @@ pub struct ChaosConfig {
     pub extra_node_args: Vec<String>,
     /// Half of the reads use `?consistency=lease` instead of ReadIndex.
     pub lease_reads: bool,
+    /// TLS on every connection (mutual between members) and client tokens.
+    pub tls: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -221,6 +223,8 @@ struct Shared {
     degraded: Mutex<Vec<(u64, u64)>>,
     /// The members clients talk to, as (id, address); changed by `Replace`.
     members: Mutex<Vec<(u64, String)>>,
+    /// How clients reach the nodes (TLS and a token when on).
+    http: HttpClient,
 }
 
 impl Shared {
@@ -264,7 +268,7 @@ fn classify(
 
 fn client_loop(id: usize, cfg: &ChaosConfig, shared: &Shared, seed: u64) {
     let mut rng = SplitMix64(seed);
-    let http = HttpClient::new(Duration::from_secs(3));
+    let http = shared.http.clone();
     let mut last_seen: BTreeMap<String, String> = BTreeMap::new();
     let mut n = 0u64;
     while !shared.stop.load(Ordering::Relaxed) {
@@ -418,7 +422,7 @@ fn inject(c: &mut ChaosCluster, fault: Fault, rng: &mut SplitMix64) -> String {
         Fault::Transfer => {
             let via = any(rng);
             let to = any(rng);
-            let http = HttpClient::new(Duration::from_secs(3));
+            let http = c.client(Duration::from_secs(3));
             let body = json!({"to": to}).to_string();
             let answer = match http.request(&c.addr(via), "POST", "/cluster/leader/transfer", Some(body.as_bytes())) {
                 Ok(r) => format!("{} {}", r.status, r.json()["code"].as_str().unwrap_or("")),
@@ -433,7 +437,7 @@ fn inject(c: &mut ChaosCluster, fault: Fault, rng: &mut SplitMix64) -> String {
 /// Sends a membership request to live members in turn until one answers
 /// 2xx, one answers something not worth retrying, or `patience` passes.
 fn member_request(c: &ChaosCluster, method: &str, path: &str, body: Option<&str>, patience: Duration) -> String {
-    let http = HttpClient::new(Duration::from_secs(3));
+    let http = c.client(Duration::from_secs(3));
     let until = Instant::now() + patience;
     let mut last = String::from("no member answered");
     for round in 0.. {
@@ -527,7 +531,7 @@ fn nemesis(cluster: &Mutex<ChaosCluster>, cfg: &ChaosConfig, shared: &Shared, en
 /// node whose join never got through is no member: once healed, the
 /// leader's configuration says who is a member; the others are retired.
 fn reconcile_members(c: &mut ChaosCluster) {
-    let http = HttpClient::new(Duration::from_secs(2));
+    let http = c.client(Duration::from_secs(2));
     let until = Instant::now() + Duration::from_secs(30);
     while Instant::now() < until {
         for id in c.ids() {
@@ -609,6 +613,9 @@ pub fn run(cfg: &ChaosConfig) -> Result<Report, String> {
     let mut args = vec!["--request-timeout-ms".to_string(), "1500".into(), "--log".into(), "info".into()];
     args.extend(cfg.extra_node_args.iter().cloned());
     let mut cluster = ChaosCluster::new(&cfg.binary, cfg.nodes, &cfg.out_dir, net, args).map_err(|e| e.to_string())?;
+    if cfg.tls {
+        cluster.enable_tls(&cfg.out_dir)?;
+    }
     for id in cluster.ids() {
         cluster.start(id).map_err(|e| format!("starting node {id}: {e}"))?;
     }
@@ -616,6 +623,7 @@ pub fn run(cfg: &ChaosConfig) -> Result<Report, String> {
         return Err(format!("the cluster did not become ready; logs in {}", cfg.out_dir.display()));
     }
     let addrs: Vec<(u64, String)> = cluster.ids().iter().map(|&id| (id, cluster.addr(id))).collect();
+    let http = cluster.client(Duration::from_secs(3));
     let cluster = Mutex::new(cluster);
     let shared = Shared {
         start: Instant::now(),
@@ -623,6 +631,7 @@ pub fn run(cfg: &ChaosConfig) -> Result<Report, String> {
         stop: AtomicBool::new(false),
         degraded: Mutex::new(Vec::new()),
         members: Mutex::new(addrs),
+        http,
     };
     let end = Instant::now() + cfg.duration;
     let faults = std::thread::scope(|s| {
@@ -642,7 +651,7 @@ pub fn run(cfg: &ChaosConfig) -> Result<Report, String> {
     c.heal_all().map_err(|e| e.to_string())?;
     reconcile_members(&mut c);
     let ready = c.wait_ready(Duration::from_secs(30));
-    let http = HttpClient::new(Duration::from_secs(3));
+    let http = c.client(Duration::from_secs(3));
     let mut final_reads_ok = ready;
     for k in 0..cfg.keys {
         let key = format!("key{k}");
