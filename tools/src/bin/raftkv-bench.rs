@@ -54,6 +54,13 @@ struct Args {
     /// raftkv nodes listen on base+1..3, with TLS on base+11..13, the ceiling on base+100.
     #[arg(long, default_value_t = 18000)]
     port_base: u16,
+    /// Repeat every load this many times, the systems in alternating
+    /// order; the report shows the median round and every round's ratio.
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
+    /// Only the loads at these connection counts, e.g. "64" (default: all).
+    #[arg(long, value_delimiter = ',')]
+    conns: Vec<u32>,
     /// A heading for this run in the report.
     #[arg(long, default_value = "")]
     label: String,
@@ -306,6 +313,13 @@ fn preload(target: &Target) {
     });
 }
 
+/// The round with the median throughput.
+fn median(rounds: &[Measure]) -> Measure {
+    let mut sorted = rounds.to_vec();
+    sorted.sort_by(|a, b| a.rps.total_cmp(&b.rps));
+    sorted[sorted.len() / 2].clone()
+}
+
 fn fmt_ms(us: f64) -> String {
     format!("{:.2}", us / 1000.0)
 }
@@ -443,25 +457,35 @@ fn main() {
         run_wrk(&dir, t, Load::Put, 16, 2); // warm-up, not recorded
     }
 
-    let scenarios: Vec<(Load, u32)> = vec![
+    let scenarios: Vec<(Load, u32)> = [
         (Load::Put, 1),
         (Load::Put, 16),
         (Load::Put, 64),
         (Load::Put, 256),
         (Load::GetLinearizable, 64),
         (Load::GetStale, 64),
-    ];
-    let mut results: BTreeMap<(Load, u32, System), Measure> = BTreeMap::new();
-    for &(load, conns) in &scenarios {
-        for t in &targets {
-            if t.sys == System::Ceiling && load == Load::GetStale {
-                continue; // the ceiling has only one kind of read
+    ]
+    .into_iter()
+    .filter(|(_, c)| args.conns.is_empty() || args.conns.contains(c))
+    .collect();
+    // Every round's measure of each (load, conns, system), in round order.
+    let mut results: BTreeMap<(Load, u32, System), Vec<Measure>> = BTreeMap::new();
+    for round in 0..args.rounds.max(1) {
+        for &(load, conns) in &scenarios {
+            let order: Vec<&Target> =
+                if round % 2 == 0 { targets.iter().collect() } else { targets.iter().rev().collect() };
+            for t in order {
+                if t.sys == System::Ceiling && load == Load::GetStale {
+                    continue; // the ceiling has only one kind of read
+                }
+                eprintln!("{} {} c={conns} (round {}) ...", t.sys.name(), load.name(), round + 1);
+                let m = run_wrk(&dir, t, load, conns, secs);
+                let [rps, p50, p99, p999, cpu, errors] = m.cells();
+                eprintln!(
+                    "  {rps} req/s, p50 {p50} ms, p99 {p99} ms, p99.9 {p999} ms, {cpu} µs CPU/op, {errors} errors"
+                );
+                results.entry((load, conns, t.sys)).or_default().push(m);
             }
-            eprintln!("{} {} c={conns} ...", t.sys.name(), load.name());
-            let m = run_wrk(&dir, t, load, conns, secs);
-            let [rps, p50, p99, p999, cpu, errors] = m.cells();
-            eprintln!("  {rps} req/s, p50 {p50} ms, p99 {p99} ms, p99.9 {p999} ms, {cpu} µs CPU/op, {errors} errors");
-            results.insert((load, conns, t.sys), m);
         }
     }
 
@@ -545,7 +569,7 @@ fn main() {
     }
     let _ = writeln!(
         md,
-        "`make bench{}`{} — {} s per load, {} cores ({cpu}), raftkv {} vs etcd 3.4.23 (Debian), 3 members each on loopback, \
+        "`make bench{}`{} — {} s per load{}, {} cores ({cpu}), raftkv {} vs etcd 3.4.23 (Debian), 3 members each on loopback, \
          load to each leader, 100-byte values, {KEYS} random keys. CPU is server CPU (all members) per operation. \
          `raftkv TLS+tokens`: a second raftkv cluster, same settings, with TLS on every connection (mutual between \
          members, rustls, EC P-256) and every request carrying a bearer token, running beside the first.\n",
@@ -556,6 +580,11 @@ fn main() {
             format!(" (raftkv nodes with `{}`)", args.raftkv_args)
         },
         secs,
+        if args.rounds > 1 {
+            format!(" × {} rounds (systems in alternating order; the median round is shown)", args.rounds)
+        } else {
+            String::new()
+        },
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         env!("CARGO_PKG_VERSION")
     );
@@ -563,14 +592,23 @@ fn main() {
         writeln!(md, "| load | conns | system | req/s | p50 ms | p99 ms | p99.9 ms | CPU µs/op | errors | ratios |");
     let _ = writeln!(md, "|---|---|---|---:|---:|---:|---:|---:|---:|---|");
     for &(load, conns) in &scenarios {
-        let r = results.get(&(load, conns, System::Raftkv));
-        let e = results.get(&(load, conns, System::Etcd));
+        let rounds = |sys| results.get(&(load, conns, sys)).map(Vec::as_slice);
+        let r = rounds(System::Raftkv);
+        let e = rounds(System::Etcd);
         for t in &targets {
-            let Some(m) = results.get(&(load, conns, t.sys)) else { continue };
-            let vs = |b: &Measure, what: &str| {
+            let Some(all) = rounds(t.sys) else { continue };
+            let m = &median(all);
+            // The median round's latencies; throughput as the median of
+            // the rounds' ratios, each round's listed when there are several.
+            let vs = |b: &[Measure], what: &str| {
+                let mut per: Vec<f64> = all.iter().zip(b).map(|(x, y)| x.rps / y.rps).collect();
+                let listed: Vec<String> = per.iter().map(|x| format!("{x:.2}")).collect();
+                per.sort_by(f64::total_cmp);
+                let rounds = if per.len() > 1 { format!(" (rounds {})", listed.join(", ")) } else { String::new() };
+                let b = median(b);
                 format!(
-                    "{:.2}× {what} throughput, p50 {:.2}×, p99 {:.2}×",
-                    m.rps / b.rps,
+                    "{:.2}× {what} throughput{rounds}, p50 {:.2}×, p99 {:.2}×",
+                    per[per.len() / 2],
                     m.p50_us / b.p50_us,
                     m.p99_us / b.p99_us
                 )
@@ -579,7 +617,7 @@ fn main() {
                 (System::Raftkv, _, Some(e)) => vs(e, "etcd"),
                 (System::RaftkvTls, Some(r), e) => {
                     let plain = vs(r, "plaintext");
-                    e.map_or(plain.clone(), |e| format!("{plain}; {:.2}× etcd throughput", m.rps / e.rps))
+                    e.map_or(plain.clone(), |e| format!("{plain}; {:.2}× etcd throughput", m.rps / median(e).rps))
                 }
                 _ => String::new(),
             };
