@@ -69,6 +69,9 @@ pub struct Args {
     /// Largest value accepted, in bytes (default 1048576).
     #[arg(long, env = "RAFTKV_MAX_VALUE_BYTES")]
     pub max_value_bytes: Option<usize>,
+    /// Most comparisons, and most operations, in one transaction (default 128).
+    #[arg(long, env = "RAFTKV_MAX_TXN_OPS")]
+    pub max_txn_ops: Option<usize>,
     /// Unanswered AppendEntries allowed per follower (default 1: on a fast
     /// network the CPU is the bottleneck, and fewer, larger batches win;
     /// raise it when round trips are long).
@@ -172,6 +175,7 @@ pub struct FileSettings {
     pub peer_timeout_ms: Option<u64>,
     pub request_read_timeout_ms: Option<u64>,
     pub max_value_bytes: Option<usize>,
+    pub max_txn_ops: Option<usize>,
     pub max_inflight: Option<usize>,
     pub http_workers: Option<usize>,
     pub max_pending: Option<usize>,
@@ -226,6 +230,8 @@ pub struct Settings {
     /// handler starts reading, for its whole body: 408 past it.
     pub request_read_timeout: Duration,
     pub max_value_bytes: usize,
+    /// Most comparisons, and most operations, in one transaction.
+    pub max_txn_ops: usize,
     pub max_inflight: usize,
     pub http_workers: usize,
     pub max_pending: usize,
@@ -351,6 +357,7 @@ impl Args {
             peer_timeout: ms(self.peer_timeout_ms, file.peer_timeout_ms, 1000),
             request_read_timeout: ms(self.request_read_timeout_ms, file.request_read_timeout_ms, 5000),
             max_value_bytes: self.max_value_bytes.or(file.max_value_bytes).unwrap_or(1 << 20),
+            max_txn_ops: self.max_txn_ops.or(file.max_txn_ops).unwrap_or(128),
             max_inflight: self.max_inflight.or(file.max_inflight).unwrap_or(1),
             http_workers: self.http_workers.or(file.http_workers).unwrap_or(2),
             max_pending: self.max_pending.or(file.max_pending).unwrap_or(4096),
@@ -399,11 +406,12 @@ impl Args {
         if s.max_inflight == 0
             || s.http_workers == 0
             || s.max_value_bytes == 0
+            || s.max_txn_ops == 0
             || s.max_pending == 0
             || s.max_connections == 0
         {
             return Err(
-                "max_inflight, http_workers, max_value_bytes, max_pending and max_connections must be positive".into(),
+                "max_inflight, http_workers, max_value_bytes, max_txn_ops, max_pending and max_connections must be positive".into(),
             );
         }
         if s.request_timeout.is_zero() || s.peer_timeout.is_zero() || s.request_read_timeout.is_zero() {

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 use bytes::{Bytes, BytesMut};
 use raftkv::codec::{decode_message, decode_snapshot_chunk, encode_message, encode_snapshot_chunk};
-use raftkv::kv::{Command, Condition, KvStore};
+use raftkv::kv::{Command, Compare, Condition, KvStore, Txn, TxnOp};
 use raftkv::raft::{Body, Entry, EntryData, HardState, Membership, Message, PersistOp, SnapshotMeta, SplitMix64};
 use raftkv::state_machine::{Frozen, StateMachine};
 use raftkv::{snapshot, wal};
@@ -194,6 +194,19 @@ fn log_commands_and_state_machine_snapshots() {
         Command::Put { key: "k".into(), value: "ü".into(), condition: Condition::IfValue("old".into()) },
         Command::Put { key: "k".into(), value: "".into(), condition: Condition::IfRevision(3) },
         Command::Delete { key: "x".into(), if_revision: Some(9) },
+        Command::Txn(Txn {
+            compare: vec![
+                Compare::Value { key: "a".into(), value: "10".into() },
+                Compare::Revision { key: "b".into(), revision: 7 },
+                Compare::Exists { key: "c".into(), exists: false },
+            ],
+            success: vec![
+                TxnOp::Put { key: "a".into(), value: "0".into() },
+                TxnOp::Delete { key: "c".into() },
+                TxnOp::Get { key: "b".into() },
+            ],
+            failure: vec![TxnOp::Get { key: "a".into() }],
+        }),
     ];
     let seeds: Vec<Vec<u8>> = cmds.iter().map(|c| c.encode().to_vec()).collect();
     let r = fuzz("log command", 3, &seeds, linear, |b| Command::decode(Bytes::copy_from_slice(b)).is_ok());

@@ -94,6 +94,11 @@ enum Cmd {
         #[arg(long)]
         if_revision: Option<u64>,
     },
+    /// Run a transaction (POST /txn) read as JSON from FILE or, without
+    /// one or with "-", from standard input: {"compare": [...],
+    /// "success": [...], "failure": [...]}. Exit 4 when the comparisons did
+    /// not hold (the failure operations ran; their results are printed).
+    Txn { file: Option<std::path::PathBuf> },
     /// List keys, sorted, optionally under a prefix.
     List {
         #[arg(long, default_value = "")]
@@ -410,6 +415,24 @@ impl Ctl {
                 let items = v["items"].as_array().cloned().unwrap_or_default();
                 Ok(self.items(&v, &items))
             }
+            Cmd::Txn { file } => {
+                let text = match file.as_deref().filter(|f| f.as_os_str() != "-") {
+                    Some(f) => {
+                        std::fs::read_to_string(f).map_err(|e| Failure::new(2, format!("{}: {e}", f.display())))?
+                    }
+                    None => std::io::read_to_string(std::io::stdin())
+                        .map_err(|e| Failure::new(2, format!("reading the transaction from stdin: {e}")))?,
+                };
+                let body: Value = serde_json::from_str(&text)
+                    .map_err(|e| Failure::new(7, format!("the transaction is not valid JSON: {e}")))?;
+                let v = self.ok(self.send("POST", "/txn", Some(&body))?)?;
+                let out = self.render(&v, || txn_table(&v));
+                if v["succeeded"] == true {
+                    return Ok(out);
+                }
+                println!("{out}");
+                Err(Failure::new(4, "the comparisons did not hold; the failure operations ran"))
+            }
             Cmd::Status => self.status(),
             Cmd::Snapshot { node } => self.snapshot(node.as_deref()),
             Cmd::TransferLeader { to } | Cmd::Leader { action: LeaderCmd::Transfer { to } } => {
@@ -667,8 +690,10 @@ struct Line {
     cmd: Cmd,
 }
 
-const COMMANDS: &[&str] =
-    &["get", "put", "cas", "delete", "list", "status", "snapshot", "log", "token", "help", "exit", "quit"];
+const COMMANDS: &[&str] = &[
+    "get", "put", "cas", "delete", "txn", "list", "status", "snapshot", "member", "leader", "log", "token", "help",
+    "exit", "quit",
+];
 
 #[derive(Helper, Hinter, Validator)]
 struct Complete {
@@ -841,6 +866,37 @@ fn main() -> ExitCode {
             }
         },
     }
+}
+
+/// A transaction's answer as lines: the outcome, then one per operation.
+fn txn_table(v: &Value) -> String {
+    let mut out = if v["succeeded"] == true {
+        format!("SUCCEEDED (revision {})", v["revision"])
+    } else {
+        format!("FAILED: the comparisons did not hold (revision {})", v["revision"])
+    };
+    for r in v["results"].as_array().into_iter().flatten() {
+        let line = if let Some(p) = r.get("put") {
+            format!("put {}: revision {}", text(&p["key"]), p["revision"])
+        } else if let Some(d) = r.get("delete") {
+            let what = if d["deleted"] == true { "deleted" } else { "not found" };
+            format!("delete {}: {what}", text(&d["key"]))
+        } else if let Some(g) = r.get("get") {
+            if g["found"] == true {
+                format!("get {}: {} (revision {})", text(&g["key"]), text(&g["value"]), g["revision"])
+            } else {
+                format!("get {}: not found", text(&g["key"]))
+            }
+        } else {
+            r.to_string()
+        };
+        out += &format!("\n{line}");
+    }
+    out
+}
+
+fn text(v: &Value) -> String {
+    v.as_str().map_or_else(|| v.to_string(), str::to_string)
 }
 
 #[cfg(test)]

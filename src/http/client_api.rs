@@ -74,7 +74,7 @@ pub fn parse_key(req: &HttpRequest) -> Result<String, ApiError> {
 }
 
 /// Query parameters, checked against the names the endpoint accepts.
-fn params(req: &HttpRequest, allowed: &[&str]) -> Result<BTreeMap<String, String>, ApiError> {
+pub(super) fn params(req: &HttpRequest, allowed: &[&str]) -> Result<BTreeMap<String, String>, ApiError> {
     let pairs = web::Query::<Vec<(String, String)>>::from_query(req.query_string())
         .map_err(|e| ApiError::bad_request("invalid_parameter", format!("malformed query string: {e}")))?;
     let mut out = BTreeMap::new();
@@ -385,6 +385,7 @@ fn write_response(result: CommandResult) -> HttpResponse {
             .with("current", json!(current.map(|i| json!({"value": i.value, "revision": i.revision}))));
             actix_web::ResponseError::error_response(&err)
         }
+        CommandResult::Txn { succeeded, revision, results } => super::txn::txn_response(succeeded, revision, results),
     }
 }
 
@@ -447,7 +448,7 @@ async fn read(
     }
 }
 
-async fn write(
+pub(super) async fn write(
     state: &AppState,
     fwd: &Forwarder,
     req: &HttpRequest,

@@ -22,6 +22,7 @@ pub mod cluster;
 pub mod conn_watch;
 pub mod errors;
 pub mod raft_rpc;
+pub mod txn;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -206,6 +207,7 @@ fn route_name(req: &HttpRequest) -> &'static str {
     match req.match_pattern().as_deref() {
         Some("/kv/{key:.*}") => "/kv/{key}",
         Some("/kv") => "/kv",
+        Some("/txn") => "/txn",
         Some("/health") => "/health",
         Some("/ready") => "/ready",
         Some("/status") => "/status",
@@ -260,6 +262,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route(web::delete().to(client_api::delete_key))
             .default_service(web::to(method_not_allowed)),
     )
+    .service(web::resource("/txn").route(web::post().to(txn::post_txn)).default_service(web::to(method_not_allowed)))
     .service(web::resource("/health").route(web::get().to(admin::health)).default_service(web::to(method_not_allowed)))
     .service(web::resource("/ready").route(web::get().to(admin::ready)).default_service(web::to(method_not_allowed)))
     .service(web::resource("/status").route(web::get().to(admin::status)).default_service(web::to(method_not_allowed)))

@@ -29,8 +29,62 @@ pub enum Condition {
 /// A write, as stored in a log entry.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Command {
-    Put { key: String, value: String, condition: Condition },
-    Delete { key: String, if_revision: Option<u64> },
+    Put {
+        key: String,
+        value: String,
+        condition: Condition,
+    },
+    Delete {
+        key: String,
+        if_revision: Option<u64>,
+    },
+    /// Several keys at once, atomically, in one log entry.
+    Txn(Txn),
+}
+
+/// A transaction: if every comparison holds, the `success` operations run,
+/// otherwise the `failure` ones — in order, each seeing the ones before
+/// it, all at one revision (the entry's index).
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Txn {
+    pub compare: Vec<Compare>,
+    pub success: Vec<TxnOp>,
+    pub failure: Vec<TxnOp>,
+}
+
+/// One comparison of a transaction, against the state before it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Compare {
+    /// The key exists and holds exactly this value.
+    Value { key: String, value: String },
+    /// The key's revision is this (0: the key does not exist).
+    Revision { key: String, revision: u64 },
+    /// The key exists (or not).
+    Exists { key: String, exists: bool },
+}
+
+/// One operation of a transaction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TxnOp {
+    Put { key: String, value: String },
+    Delete { key: String },
+    Get { key: String },
+}
+
+impl Txn {
+    /// Whether running it may change the store (a read-only one needs only
+    /// the read role).
+    pub fn writes(&self) -> bool {
+        self.success.iter().chain(&self.failure).any(|op| !matches!(op, TxnOp::Get { .. }))
+    }
+}
+
+/// What one operation of a transaction did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OpResult {
+    Put { key: String, revision: u64 },
+    Delete { key: String, deleted: bool },
+    Get { key: String, item: Option<Item> },
 }
 
 /// A key's current value and the revision that wrote it.
@@ -59,6 +113,13 @@ pub enum CommandResult {
         key: String,
         current: Option<Item>,
     },
+    /// A transaction: whether its comparisons held, the revision it ran at
+    /// (the entry's index), and one result per operation that ran.
+    Txn {
+        succeeded: bool,
+        revision: u64,
+        results: Vec<OpResult>,
+    },
 }
 
 /// A read.
@@ -85,22 +146,38 @@ pub enum QueryResult {
 
 const CMD_PUT: u8 = 1;
 const CMD_DELETE: u8 = 2;
+const CMD_TXN: u8 = 3;
+const CMP_VALUE: u8 = 1;
+const CMP_REVISION: u8 = 2;
+const CMP_EXISTS: u8 = 3;
+const OP_PUT: u8 = 1;
+const OP_DELETE: u8 = 2;
+const OP_GET: u8 = 3;
 const COND_NONE: u8 = 0;
 const COND_VALUE: u8 = 1;
 const COND_REVISION: u8 = 2;
 
 impl Command {
-    pub fn key(&self) -> &str {
-        match self {
-            Command::Put { key, .. } | Command::Delete { key, .. } => key,
+    /// Roughly how many bytes the encoding takes (for the buffer).
+    fn size_hint(&self) -> usize {
+        let op = |op: &TxnOp| match op {
+            TxnOp::Put { key, value } => 9 + key.len() + value.len(),
+            TxnOp::Delete { key } | TxnOp::Get { key } => 5 + key.len(),
+        };
+        32 + match self {
+            Command::Put { key, value, .. } => key.len() + value.len(),
+            Command::Delete { key, .. } => key.len(),
+            Command::Txn(t) => {
+                t.compare.iter().map(|c| 16 + c.key().len() + c.value_len()).sum::<usize>()
+                    + t.success.iter().chain(&t.failure).map(op).sum::<usize>()
+            }
         }
     }
 
     pub fn encode(&self) -> Bytes {
-        let mut out = BytesMut::with_capacity(32 + self.key().len());
+        let mut out = BytesMut::with_capacity(self.size_hint());
         match self {
             Command::Put { key, value, condition } => {
-                out.reserve(value.len());
                 out.put_u8(CMD_PUT);
                 put_bytes(&mut out, key.as_bytes());
                 put_bytes(&mut out, value.as_bytes());
@@ -124,6 +201,49 @@ impl Command {
                     Some(r) => {
                         out.put_u8(COND_REVISION);
                         out.put_u64_le(*r);
+                    }
+                }
+            }
+            Command::Txn(t) => {
+                out.put_u8(CMD_TXN);
+                out.put_u32_le(t.compare.len() as u32);
+                for c in &t.compare {
+                    match c {
+                        Compare::Value { key, value } => {
+                            out.put_u8(CMP_VALUE);
+                            put_bytes(&mut out, key.as_bytes());
+                            put_bytes(&mut out, value.as_bytes());
+                        }
+                        Compare::Revision { key, revision } => {
+                            out.put_u8(CMP_REVISION);
+                            put_bytes(&mut out, key.as_bytes());
+                            out.put_u64_le(*revision);
+                        }
+                        Compare::Exists { key, exists } => {
+                            out.put_u8(CMP_EXISTS);
+                            put_bytes(&mut out, key.as_bytes());
+                            out.put_u8(u8::from(*exists));
+                        }
+                    }
+                }
+                for ops in [&t.success, &t.failure] {
+                    out.put_u32_le(ops.len() as u32);
+                    for op in ops {
+                        match op {
+                            TxnOp::Put { key, value } => {
+                                out.put_u8(OP_PUT);
+                                put_bytes(&mut out, key.as_bytes());
+                                put_bytes(&mut out, value.as_bytes());
+                            }
+                            TxnOp::Delete { key } => {
+                                out.put_u8(OP_DELETE);
+                                put_bytes(&mut out, key.as_bytes());
+                            }
+                            TxnOp::Get { key } => {
+                                out.put_u8(OP_GET);
+                                put_bytes(&mut out, key.as_bytes());
+                            }
+                        }
                     }
                 }
             }
@@ -154,10 +274,83 @@ impl Command {
                 };
                 Command::Delete { key, if_revision }
             }
+            CMD_TXN => Command::Txn(decode_txn(&mut r)?),
             k => return Err(DecodeError(format!("unknown command kind {k}"))),
         };
         r.finish("command")?;
         Ok(cmd)
+    }
+}
+
+/// The smallest encoding of one comparison or operation: a kind byte and
+/// an empty key. Counts are checked against it, and what is reserved ahead
+/// is capped, so a forged count cannot make a large allocation.
+const MIN_ITEM_BYTES: usize = 5;
+
+fn count(r: &mut Reader, what: &str) -> Result<usize, DecodeError> {
+    let n = r.u32(what)? as usize;
+    if n > r.remaining() / MIN_ITEM_BYTES {
+        return Err(DecodeError(format!("{what} {n} is more than the {} bytes left can hold", r.remaining())));
+    }
+    Ok(n)
+}
+
+fn decode_txn(r: &mut Reader) -> Result<Txn, DecodeError> {
+    let n = count(r, "comparison count")?;
+    let mut compare = Vec::with_capacity(n.min(256));
+    for _ in 0..n {
+        let kind = r.u8("comparison kind")?;
+        let key = r.string("key")?;
+        compare.push(match kind {
+            CMP_VALUE => Compare::Value { key, value: r.string("value")? },
+            CMP_REVISION => Compare::Revision { key, revision: r.u64("revision")? },
+            CMP_EXISTS => match r.u8("exists")? {
+                0 => Compare::Exists { key, exists: false },
+                1 => Compare::Exists { key, exists: true },
+                b => return Err(DecodeError(format!("exists must be 0 or 1, not {b}"))),
+            },
+            k => return Err(DecodeError(format!("unknown comparison kind {k}"))),
+        });
+    }
+    let mut branches = [Vec::new(), Vec::new()];
+    for ops in &mut branches {
+        let n = count(r, "operation count")?;
+        ops.reserve(n.min(256));
+        for _ in 0..n {
+            let kind = r.u8("operation kind")?;
+            let key = r.string("key")?;
+            ops.push(match kind {
+                OP_PUT => TxnOp::Put { key, value: r.string("value")? },
+                OP_DELETE => TxnOp::Delete { key },
+                OP_GET => TxnOp::Get { key },
+                k => return Err(DecodeError(format!("unknown operation kind {k}"))),
+            });
+        }
+    }
+    let [success, failure] = branches;
+    Ok(Txn { compare, success, failure })
+}
+
+impl Compare {
+    pub fn key(&self) -> &str {
+        match self {
+            Compare::Value { key, .. } | Compare::Revision { key, .. } | Compare::Exists { key, .. } => key,
+        }
+    }
+
+    fn value_len(&self) -> usize {
+        match self {
+            Compare::Value { value, .. } => value.len(),
+            _ => 0,
+        }
+    }
+}
+
+impl TxnOp {
+    pub fn key(&self) -> &str {
+        match self {
+            TxnOp::Put { key, .. } | TxnOp::Delete { key } | TxnOp::Get { key } => key,
+        }
     }
 }
 
@@ -234,7 +427,35 @@ impl KvStore {
                 let deleted = self.map.remove(&key).is_some();
                 CommandResult::Deleted { key, deleted, revision: index }
             }
+            Command::Txn(t) => self.apply_txn(index, t),
         }
+    }
+
+    fn apply_txn(&mut self, index: Index, t: Txn) -> CommandResult {
+        let succeeded = t.compare.iter().all(|c| match c {
+            Compare::Value { key, value } => self.map.get(key).is_some_and(|v| v.value == *value),
+            Compare::Revision { key, revision } => self.map.get(key).map_or(0, |v| v.revision) == *revision,
+            Compare::Exists { key, exists } => self.map.contains_key(key) == *exists,
+        });
+        let ops = if succeeded { t.success } else { t.failure };
+        let results = ops
+            .into_iter()
+            .map(|op| match op {
+                TxnOp::Put { key, value } => {
+                    self.map.insert(key.clone(), Versioned { value, revision: index });
+                    OpResult::Put { key, revision: index }
+                }
+                TxnOp::Delete { key } => {
+                    let deleted = self.map.remove(&key).is_some();
+                    OpResult::Delete { key, deleted }
+                }
+                TxnOp::Get { key } => {
+                    let item = self.item(&key);
+                    OpResult::Get { key, item }
+                }
+            })
+            .collect();
+        CommandResult::Txn { succeeded, revision: index, results }
     }
 
     fn item(&self, key: &str) -> Option<Item> {
@@ -363,6 +584,7 @@ mod tests {
             put("k", "", Condition::IfRevision(0)),
             Command::Delete { key: "x".into(), if_revision: Some(9) },
             Command::Delete { key: "x".into(), if_revision: None },
+            txn(vec![Compare::Exists { key: "k".into(), exists: false }], vec![tput("k", "v")], vec![tget("k")]),
         ];
         for c in cmds {
             let enc = c.encode();
@@ -474,6 +696,111 @@ mod tests {
         assert!(<KvStore as StateMachine>::restore(300, Bytes::from(body.clone())).is_err());
         for cut in [0, 8, 17, body.len() - 1] {
             assert!(<KvStore as StateMachine>::restore(301, Bytes::from(body[..cut].to_vec())).is_err());
+        }
+    }
+
+    fn txn(compare: Vec<Compare>, success: Vec<TxnOp>, failure: Vec<TxnOp>) -> Command {
+        Command::Txn(Txn { compare, success, failure })
+    }
+
+    fn tput(key: &str, value: &str) -> TxnOp {
+        TxnOp::Put { key: key.into(), value: value.into() }
+    }
+
+    fn tget(key: &str) -> TxnOp {
+        TxnOp::Get { key: key.into() }
+    }
+
+    #[test]
+    fn transactions_roundtrip_and_reject_garbage() {
+        let t = txn(
+            vec![
+                Compare::Value { key: "a".into(), value: "10".into() },
+                Compare::Revision { key: "b".into(), revision: 0 },
+                Compare::Exists { key: "c".into(), exists: true },
+            ],
+            vec![tput("a", "0"), TxnOp::Delete { key: "c".into() }],
+            vec![tget("a")],
+        );
+        let enc = t.encode();
+        assert_eq!(Command::decode(enc.clone()).unwrap(), t);
+        for cut in 1..enc.len() {
+            assert!(Command::decode(enc.slice(..cut)).is_err(), "cut at {cut}");
+        }
+        assert_eq!(Command::decode(txn(vec![], vec![], vec![]).encode()).unwrap(), txn(vec![], vec![], vec![]));
+        // A count that claims more items than the bytes can hold is refused
+        // before anything is allocated for it.
+        let forged = Bytes::from_static(&[CMD_TXN, 0xff, 0xff, 0xff, 0x7f, 0, 0, 0, 0, 0, 0, 0, 0]);
+        assert!(Command::decode(forged).unwrap_err().0.contains("more than"));
+    }
+
+    #[test]
+    fn a_transaction_runs_one_branch_atomically_at_one_revision() {
+        let mut s = KvStore::new();
+        s.apply(1, put("a", "10", Condition::None));
+        s.apply(2, put("b", "0", Condition::None));
+        // Move 10 from a to b if a still holds 10.
+        let transfer = |from_value: &str| {
+            txn(
+                vec![Compare::Value { key: "a".into(), value: from_value.into() }],
+                vec![tput("a", "0"), tput("b", "10"), tget("b")],
+                vec![tget("a")],
+            )
+        };
+        let CommandResult::Txn { succeeded, revision, results } = s.apply(3, transfer("10")) else { panic!() };
+        assert!(succeeded);
+        assert_eq!(revision, 3);
+        let b3 = Item { key: "b".into(), value: "10".into(), revision: 3 };
+        assert_eq!(
+            results,
+            [
+                OpResult::Put { key: "a".into(), revision: 3 },
+                OpResult::Put { key: "b".into(), revision: 3 },
+                // A get sees the puts before it in the same transaction.
+                OpResult::Get { key: "b".into(), item: Some(b3) },
+            ]
+        );
+        // The same transfer again: the comparison fails, the failure branch
+        // runs, nothing changes.
+        let CommandResult::Txn { succeeded, results, .. } = s.apply(4, transfer("10")) else { panic!() };
+        assert!(!succeeded);
+        let a3 = Item { key: "a".into(), value: "0".into(), revision: 3 };
+        assert_eq!(results, [OpResult::Get { key: "a".into(), item: Some(a3) }]);
+        assert_eq!(s.item("b").unwrap().revision, 3);
+        // Revision and existence comparisons; every comparison must hold.
+        let t = txn(
+            vec![
+                Compare::Revision { key: "a".into(), revision: 3 },
+                Compare::Exists { key: "nope".into(), exists: false },
+                Compare::Revision { key: "nope".into(), revision: 0 },
+            ],
+            vec![TxnOp::Delete { key: "a".into() }, TxnOp::Delete { key: "nope".into() }],
+            vec![],
+        );
+        let CommandResult::Txn { succeeded, results, .. } = s.apply(5, t) else { panic!() };
+        assert!(succeeded);
+        assert_eq!(
+            results,
+            [
+                OpResult::Delete { key: "a".into(), deleted: true },
+                OpResult::Delete { key: "nope".into(), deleted: false }
+            ]
+        );
+        let t = txn(
+            vec![Compare::Exists { key: "b".into(), exists: true }, Compare::Exists { key: "a".into(), exists: true }],
+            vec![tput("x", "1")],
+            vec![],
+        );
+        assert!(matches!(s.apply(6, t), CommandResult::Txn { succeeded: false, .. }));
+        assert!(s.item("x").is_none() && s.len() == 1);
+        assert!(!txn(vec![], vec![tget("a")], vec![tget("b")]).as_txn().writes());
+        assert!(txn(vec![], vec![tget("a")], vec![TxnOp::Delete { key: "b".into() }]).as_txn().writes());
+    }
+
+    impl Command {
+        fn as_txn(&self) -> &Txn {
+            let Command::Txn(t) = self else { panic!("not a transaction") };
+            t
         }
     }
 
