@@ -151,6 +151,8 @@ enum Load {
     Put,
     GetLinearizable,
     GetStale,
+    /// A transaction of this many puts of consecutive keys.
+    Txn(u8),
 }
 
 impl Load {
@@ -159,6 +161,8 @@ impl Load {
             Load::Put => "PUT",
             Load::GetLinearizable => "GET linearizable",
             Load::GetStale => "GET stale/serializable",
+            Load::Txn(2) => "txn, 2 puts",
+            Load::Txn(_) => "txn, 8 puts",
         }
     }
 }
@@ -188,6 +192,16 @@ fn wrk_script(sys: System, load: Load, token: Option<&str>) -> String {
                 Load::Put => "wrk.format('PUT', '/kv/key' .. math.random(1, KEYS), hdr, body)",
                 Load::GetLinearizable => "wrk.format('GET', '/kv/key' .. math.random(1, KEYS), ghdr)",
                 Load::GetStale => "wrk.format('GET', '/kv/key' .. math.random(1, KEYS) .. '?consistency=stale', ghdr)",
+                Load::Txn(n) => {
+                    let _ = writeln!(
+                        s,
+                        "function txn()\n  local b = math.random(1, KEYS - {n})\n  local ops = {{}}\n  for i = 0, {} do\n    \
+                         ops[#ops + 1] = '{{\"put\":{{\"key\":\"key' .. (b + i) .. '\",\"value\":\"{value}\"}}}}'\n  end\n  \
+                         return '{{\"success\":[' .. table.concat(ops, ',') .. ']}}'\nend",
+                        n - 1
+                    );
+                    "wrk.format('POST', '/txn', hdr, txn())"
+                }
             };
             let _ = writeln!(s, "KEYS = {KEYS}\nrequest = function() return {req} end");
         }
@@ -205,6 +219,16 @@ fn wrk_script(sys: System, load: Load, token: Option<&str>) -> String {
                 }
                 Load::GetStale => {
                     "wrk.format('POST', '/v3/kv/range', hdr, '{\"key\":\"' .. keys[math.random(1, #keys)] .. '\",\"serializable\":true}')"
+                }
+                Load::Txn(n) => {
+                    let _ = writeln!(
+                        s,
+                        "function txn()\n  local b = math.random(1, #keys - {n})\n  local ops = {{}}\n  for i = 0, {} do\n    \
+                         ops[#ops + 1] = '{{\"requestPut\":{{\"key\":\"' .. keys[b + i] .. '\",\"value\":\"' .. value .. '\"}}}}'\n  end\n  \
+                         return '{{\"success\":[' .. table.concat(ops, ',') .. ']}}'\nend",
+                        n - 1
+                    );
+                    "wrk.format('POST', '/v3/kv/txn', hdr, txn())"
                 }
             };
             let _ = writeln!(s, "request = function() return {req} end");
@@ -464,6 +488,8 @@ fn main() {
         (Load::Put, 256),
         (Load::GetLinearizable, 64),
         (Load::GetStale, 64),
+        (Load::Txn(2), 64),
+        (Load::Txn(8), 64),
     ]
     .into_iter()
     .filter(|(_, c)| args.conns.is_empty() || args.conns.contains(c))
@@ -477,6 +503,9 @@ fn main() {
             for t in order {
                 if t.sys == System::Ceiling && load == Load::GetStale {
                     continue; // the ceiling has only one kind of read
+                }
+                if matches!(load, Load::Txn(_)) && matches!(t.sys, System::Ceiling | System::RaftkvTls) {
+                    continue; // transactions: raftkv against etcd only
                 }
                 eprintln!("{} {} c={conns} (round {}) ...", t.sys.name(), load.name(), round + 1);
                 let m = run_wrk(&dir, t, load, conns, secs);
