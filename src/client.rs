@@ -230,6 +230,18 @@ impl HttpClient {
 
     /// Sends one request to `addr` and reads the whole answer.
     pub fn request(&self, addr: &str, method: &str, path: &str, body: Option<&[u8]>) -> Result<Response, ClientError> {
+        self.request_with(addr, method, path, body, &[])
+    }
+
+    /// [`HttpClient::request`] with more headers for this request only.
+    pub fn request_with(
+        &self,
+        addr: &str,
+        method: &str,
+        path: &str,
+        body: Option<&[u8]>,
+        extra: &[(&str, String)],
+    ) -> Result<Response, ClientError> {
         let url =
             if addr.contains("://") { format!("{addr}{path}") } else { format!("{}://{addr}{path}", self.scheme()) };
         let mut req = ureq::http::Request::builder().method(method).uri(&url);
@@ -242,6 +254,9 @@ impl HttpClient {
         }
         for (name, value) in &self.headers {
             req = req.header(name.as_str(), value.as_str());
+        }
+        for (name, value) in extra {
+            req = req.header(*name, value.as_str());
         }
         let req = req.body(body).map_err(|e| ClientError::Connect(format!("{method} {url}: {e}")))?;
         let mut resp = self.agent.run(req).map_err(|e| match classify(e) {
@@ -258,5 +273,116 @@ impl HttpClient {
             .collect();
         let body = resp.body_mut().with_config().limit(u64::MAX).read_to_vec().map_err(classify)?;
         Ok(Response { status, headers, body })
+    }
+}
+
+/// A client session (`POST /sessions`): a write tagged with it and a
+/// sequence number is applied at most once, however often it is retried,
+/// so a write whose outcome was unknown (504, a lost connection) can be
+/// sent again — to any node — without fear of applying it twice.
+/// One write at a time per session: the next sequence number is taken only
+/// when the previous write has an answer.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub id: u64,
+    last_seq: u64,
+}
+
+/// Why no session could be opened.
+#[derive(Debug)]
+pub enum OpenSessionError {
+    /// A node refused (e.g. 401/403 without the right token).
+    Answer(Response),
+    /// No node answered within the patience (or TLS failed).
+    Unreachable(String),
+}
+
+/// Why a write in a session did not get an answer it could keep.
+#[derive(Debug)]
+pub enum SessionError {
+    /// Every attempt within the patience failed; the last failure. The
+    /// write may have been applied (once), or not.
+    GaveUp(String),
+    /// A request error that retrying cannot fix (a TLS or protocol error).
+    Fatal(ClientError),
+}
+
+impl std::fmt::Display for SessionError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SessionError::GaveUp(last) => write!(f, "no answer while retrying ({last})"),
+            SessionError::Fatal(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl HttpClient {
+    /// Opens a session through `endpoints` in turn, trying again after a
+    /// 503, a 504 or a connection error until `patience` has passed (a
+    /// session opened twice is harmless: the unused one expires).
+    pub fn open_session(&self, endpoints: &[String], patience: Duration) -> Result<Session, OpenSessionError> {
+        let until = std::time::Instant::now() + patience;
+        let mut last = String::from("no endpoints given");
+        for attempt in 0.. {
+            let Some(ep) = endpoints.get(attempt % endpoints.len().max(1)) else { break };
+            match self.request(ep, "POST", "/sessions", None) {
+                Ok(r) if r.status == 200 && r.json()["session"].is_u64() => {
+                    return Ok(Session { id: r.json()["session"].as_u64().unwrap_or_default(), last_seq: 0 });
+                }
+                Ok(r) if r.status == 503 || r.status == 504 => last = format!("{ep}: {} {}", r.status, r.text()),
+                Ok(r) => return Err(OpenSessionError::Answer(r)),
+                Err(e @ ClientError::Protocol(_)) => return Err(OpenSessionError::Unreachable(format!("{ep}: {e}"))),
+                Err(e) => last = format!("{ep}: {e}"),
+            }
+            if std::time::Instant::now() >= until {
+                break;
+            }
+            pause_after_a_round(attempt, endpoints.len());
+        }
+        Err(OpenSessionError::Unreachable(format!("no endpoint could open a session; last: {last}")))
+    }
+
+    /// Sends a write tagged with `session`'s next sequence number to
+    /// `endpoints` in turn, and sends the *same* tagged write again after a
+    /// 503, a 504 or a lost connection, until an answer comes or `patience`
+    /// has passed. Any answer other than 503/504 is final (2xx, 4xx — a
+    /// retry of an applied write gets the first answer again).
+    pub fn write_in_session(
+        &self,
+        endpoints: &[String],
+        session: &mut Session,
+        method: &str,
+        path: &str,
+        body: Option<&[u8]>,
+        patience: Duration,
+    ) -> Result<Response, SessionError> {
+        session.last_seq += 1;
+        let tags = [("raftkv-session", session.id.to_string()), ("raftkv-seq", session.last_seq.to_string())];
+        let until = std::time::Instant::now() + patience;
+        let mut last = String::from("no endpoints given");
+        for attempt in 0.. {
+            let Some(ep) = endpoints.get(attempt % endpoints.len().max(1)) else { break };
+            match self.request_with(ep, method, path, body, &tags) {
+                Ok(r) if r.status == 503 || r.status == 504 => {
+                    last = format!("{ep}: {} {}", r.status, r.text());
+                }
+                Ok(r) => return Ok(r),
+                Err(e @ ClientError::Protocol(_)) => return Err(SessionError::Fatal(e)),
+                Err(e) => last = format!("{ep}: {e}"),
+            }
+            if std::time::Instant::now() >= until {
+                break;
+            }
+            pause_after_a_round(attempt, endpoints.len());
+        }
+        Err(SessionError::GaveUp(last))
+    }
+}
+
+/// A short pause once every endpoint has been tried: an election takes a
+/// few hundred milliseconds, and hammering does not make it shorter.
+fn pause_after_a_round(attempt: usize, endpoints: usize) {
+    if attempt % endpoints.max(1) == endpoints.max(1) - 1 {
+        std::thread::sleep(Duration::from_millis(100));
     }
 }

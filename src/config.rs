@@ -72,6 +72,14 @@ pub struct Args {
     /// Most comparisons, and most operations, in one transaction (default 128).
     #[arg(long, env = "RAFTKV_MAX_TXN_OPS")]
     pub max_txn_ops: Option<usize>,
+    /// A client session unused this long (by the leaders' clocks in the
+    /// log) expires; a write on it is then refused (default 600000).
+    #[arg(long, env = "RAFTKV_SESSION_TTL_MS")]
+    pub session_ttl_ms: Option<u64>,
+    /// Most client sessions kept; opening one more evicts the session idle
+    /// longest (default 10000).
+    #[arg(long, env = "RAFTKV_MAX_SESSIONS")]
+    pub max_sessions: Option<u64>,
     /// Unanswered AppendEntries allowed per follower (default 1: on a fast
     /// network the CPU is the bottleneck, and fewer, larger batches win;
     /// raise it when round trips are long).
@@ -176,6 +184,8 @@ pub struct FileSettings {
     pub request_read_timeout_ms: Option<u64>,
     pub max_value_bytes: Option<usize>,
     pub max_txn_ops: Option<usize>,
+    pub session_ttl_ms: Option<u64>,
+    pub max_sessions: Option<u64>,
     pub max_inflight: Option<usize>,
     pub http_workers: Option<usize>,
     pub max_pending: Option<usize>,
@@ -232,6 +242,10 @@ pub struct Settings {
     pub max_value_bytes: usize,
     /// Most comparisons, and most operations, in one transaction.
     pub max_txn_ops: usize,
+    /// Sessions: idle time before expiry, and most kept (written into the
+    /// log by the leader that opens a session, so all nodes agree).
+    pub session_ttl: Duration,
+    pub max_sessions: u64,
     pub max_inflight: usize,
     pub http_workers: usize,
     pub max_pending: usize,
@@ -358,6 +372,8 @@ impl Args {
             request_read_timeout: ms(self.request_read_timeout_ms, file.request_read_timeout_ms, 5000),
             max_value_bytes: self.max_value_bytes.or(file.max_value_bytes).unwrap_or(1 << 20),
             max_txn_ops: self.max_txn_ops.or(file.max_txn_ops).unwrap_or(128),
+            session_ttl: ms(self.session_ttl_ms, file.session_ttl_ms, 600_000),
+            max_sessions: self.max_sessions.or(file.max_sessions).unwrap_or(10_000),
             max_inflight: self.max_inflight.or(file.max_inflight).unwrap_or(1),
             http_workers: self.http_workers.or(file.http_workers).unwrap_or(2),
             max_pending: self.max_pending.or(file.max_pending).unwrap_or(4096),
@@ -407,11 +423,14 @@ impl Args {
             || s.http_workers == 0
             || s.max_value_bytes == 0
             || s.max_txn_ops == 0
+            || s.max_sessions == 0
+            || s.session_ttl.is_zero()
             || s.max_pending == 0
             || s.max_connections == 0
         {
             return Err(
-                "max_inflight, http_workers, max_value_bytes, max_txn_ops, max_pending and max_connections must be positive".into(),
+                "max_inflight, http_workers, max_value_bytes, max_txn_ops, max_sessions, session_ttl_ms, max_pending and \
+                 max_connections must be positive".into(),
             );
         }
         if s.request_timeout.is_zero() || s.peer_timeout.is_zero() || s.request_read_timeout.is_zero() {

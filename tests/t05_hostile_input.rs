@@ -207,6 +207,13 @@ fn log_commands_and_state_machine_snapshots() {
             ],
             failure: vec![TxnOp::Get { key: "a".into() }],
         }),
+        Command::OpenSession { now_ms: 1_700_000_000_000, ttl_ms: 600_000, max_sessions: 10_000 },
+        Command::InSession {
+            session: 12,
+            seq: 3,
+            now_ms: 1_700_000_000_000,
+            inner: Box::new(Command::Delete { key: "x".into(), if_revision: None }),
+        },
     ];
     let seeds: Vec<Vec<u8>> = cmds.iter().map(|c| c.encode().to_vec()).collect();
     let r = fuzz("log command", 3, &seeds, linear, |b| Command::decode(Bytes::copy_from_slice(b)).is_ok());

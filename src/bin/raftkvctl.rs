@@ -20,7 +20,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use raftkv::client::{ClientError, HttpClient, Response};
+use raftkv::client::{ClientError, HttpClient, OpenSessionError, Response, SessionError};
 use rustyline::completion::Completer;
 use rustyline::error::ReadlineError;
 use rustyline::highlight::Highlighter;
@@ -55,6 +55,17 @@ struct Cli {
     /// Seconds to wait for each request.
     #[arg(long, default_value_t = 5.0, global = true)]
     timeout: f64,
+    /// Writes without a client session: a write whose answer is lost is
+    /// then reported as "may or may not have taken effect" (exit 6) instead
+    /// of being retried. By default writes (put, cas, delete, txn) carry a
+    /// session, and one whose outcome is unknown is sent again, to the next
+    /// endpoint, with the same sequence number — applied once either way.
+    #[arg(long, env = "RAFTKV_NO_SESSION", global = true)]
+    no_session: bool,
+    /// With a session: how long to go on retrying a write whose outcome is
+    /// unknown (seconds).
+    #[arg(long, default_value_t = 30.0, global = true)]
+    retry_for: f64,
     #[command(subcommand)]
     command: Option<Cmd>,
 }
@@ -209,6 +220,10 @@ struct Ctl {
     endpoints: Vec<String>,
     output: Output,
     http: HttpClient,
+    /// Writes carry a session (opened at the first write), see --no-session.
+    sessions: bool,
+    session: std::cell::RefCell<Option<raftkv::client::Session>>,
+    retry_for: Duration,
 }
 
 /// Percent-encodes a key for the URL path; `/` stays as is.
@@ -348,10 +363,47 @@ impl Ctl {
         }
     }
 
+    /// A key-value write in this invocation's session: retried with the
+    /// same sequence number until it has an answer (see --no-session).
+    fn send_in_session(&self, method: &str, path: &str, body: Option<&str>) -> Result<Response, Failure> {
+        for reopened in [false, true] {
+            let mut slot = self.session.borrow_mut();
+            if slot.is_none() {
+                *slot = Some(self.http.open_session(&self.endpoints, self.retry_for).map_err(|e| match e {
+                    OpenSessionError::Answer(r) => failure_of(&r),
+                    OpenSessionError::Unreachable(why) => Failure::new(5, why),
+                })?);
+            }
+            let session = slot.as_mut().expect("opened");
+            let body = body.map(str::as_bytes);
+            match self.http.write_in_session(&self.endpoints, session, method, path, body, self.retry_for) {
+                // The session expired (an idle prompt): nothing was applied,
+                // so the write goes again in a new session.
+                Ok(r) if r.status == 410 && !reopened && r.json()["code"] == "session_expired" => *slot = None,
+                Ok(r) => return Ok(r),
+                Err(SessionError::Fatal(e)) => return Err(Failure::new(1, e.to_string())),
+                Err(SessionError::GaveUp(last)) => {
+                    return Err(Failure::new(
+                        6,
+                        format!(
+                            "no answer within {} s of retrying ({last}); the write may have been applied (once) or \
+                             not: read the key to know",
+                            self.retry_for.as_secs_f64()
+                        ),
+                    ));
+                }
+            }
+        }
+        unreachable!("the second attempt returns")
+    }
+
     /// Sends to the first endpoint that takes the request. Falls over on
     /// connection errors and on 503 (which promises nothing was done).
     fn send(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Response, Failure> {
         let body = body.map(|b| b.to_string());
+        if self.sessions && method != "GET" && (path.starts_with("/kv/") || path == "/txn") {
+            return self.send_in_session(method, path, body.as_deref());
+        }
         let mut last = String::from("no endpoints given");
         for ep in &self.endpoints {
             match self.http.request(ep, method, path, body.as_deref().map(str::as_bytes)) {
@@ -850,7 +902,18 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let ctl = Ctl { endpoints, output: cli.output, http };
+    if !(cli.retry_for >= 0.0 && cli.retry_for.is_finite()) {
+        eprintln!("raftkvctl: --retry-for must be a number of seconds");
+        return ExitCode::from(2);
+    }
+    let ctl = Ctl {
+        endpoints,
+        output: cli.output,
+        http,
+        sessions: !cli.no_session,
+        session: std::cell::RefCell::new(None),
+        retry_for: Duration::from_secs_f64(cli.retry_for),
+    };
     match &cli.command {
         None => interactive(&ctl),
         Some(cmd) => match ctl.run(cmd) {

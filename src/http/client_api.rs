@@ -25,6 +25,9 @@ use crate::raft::NodeId;
 
 pub const MAX_KEY_BYTES: usize = 1024;
 pub const FORWARDED_HEADER: &str = "x-raftkv-forwarded-by";
+/// A write tagged with a client session: its id and the sequence number.
+pub const SESSION_HEADER: &str = "raftkv-session";
+pub const SEQ_HEADER: &str = "raftkv-seq";
 
 // --- parsing -------------------------------------------------------------------
 
@@ -329,8 +332,9 @@ pub(super) async fn forward(
         .request(req.method().clone(), format!("{}://{addr}{pq}", super::peer_scheme(&state.settings)))
         .insert_header((FORWARDED_HEADER, state.settings.id.to_string()))
         .timeout(state.settings.request_timeout);
-    // The leader checks the client's token again.
-    for name in ["content-type", "authorization"] {
+    // The leader checks the client's token again, and tags the write with
+    // the client's session itself.
+    for name in ["content-type", "authorization", SESSION_HEADER, SEQ_HEADER] {
         if let Some(v) = req.headers().get(name) {
             out = out.insert_header((name, v.clone()));
         }
@@ -386,7 +390,83 @@ fn write_response(result: CommandResult) -> HttpResponse {
             actix_web::ResponseError::error_response(&err)
         }
         CommandResult::Txn { succeeded, revision, results } => super::txn::txn_response(succeeded, revision, results),
+        CommandResult::SessionOpened { session, ttl_ms } => {
+            HttpResponse::Ok().json(json!({"session": session, "ttl_ms": ttl_ms}))
+        }
+        CommandResult::SessionExpired { session } => actix_web::ResponseError::error_response(
+            &ApiError::new(
+                StatusCode::GONE,
+                "session_expired",
+                format!(
+                    "session {session} is not open (it expired, was evicted or never existed); the write was not \
+                     applied — open a new session and write again"
+                ),
+            )
+            .with("session", json!(session)),
+        ),
+        CommandResult::SeqSuperseded { session, seq, last_seq } => actix_web::ResponseError::error_response(
+            &ApiError::new(
+                StatusCode::CONFLICT,
+                "sequence_superseded",
+                format!(
+                    "session {session} has applied sequence number {last_seq} already; the answer to {seq} is no \
+                     longer kept and the write was not applied again"
+                ),
+            )
+            .with("session", json!(session))
+            .with("last_seq", json!(last_seq)),
+        ),
     }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The write, tagged with the client's session when the request carries
+/// `Raftkv-Session` and `Raftkv-Seq` (both or neither).
+pub(super) fn in_session(req: &HttpRequest, command: Command) -> Result<Command, ApiError> {
+    let header = |name: &str| -> Result<Option<u64>, ApiError> {
+        let Some(v) = req.headers().get(name) else { return Ok(None) };
+        match v.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok()) {
+            Some(n) if n > 0 => Ok(Some(n)),
+            _ => Err(ApiError::bad_request("invalid_header", format!("{name} must be a positive integer"))
+                .with("header", json!(name))),
+        }
+    };
+    match (header(SESSION_HEADER)?, header(SEQ_HEADER)?) {
+        (None, None) => Ok(command),
+        (Some(session), Some(seq)) => {
+            Ok(Command::InSession { session, seq, now_ms: now_ms(), inner: Box::new(command) })
+        }
+        _ => Err(ApiError::bad_request(
+            "invalid_header",
+            format!("give both {SESSION_HEADER} and {SEQ_HEADER}, or neither"),
+        )),
+    }
+}
+
+/// `POST /sessions`: opens a client session (write role).
+pub async fn open_session(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+    fwd: web::Data<Forwarder>,
+) -> Result<HttpResponse, ApiError> {
+    state.authorize(&req, Role::Write)?;
+    params(&req, &[])?;
+    let body = read_body(&req, payload, 1024, state.settings.request_read_timeout).await?;
+    if !(body.iter().all(u8::is_ascii_whitespace)
+        || serde_json::from_slice::<Value>(&body).is_ok_and(|v| v == json!({})))
+    {
+        return Err(ApiError::bad_request("invalid_json", "the body must be empty or {}"));
+    }
+    let command = Command::OpenSession {
+        now_ms: now_ms(),
+        ttl_ms: state.settings.session_ttl.as_millis() as u64,
+        max_sessions: state.settings.max_sessions,
+    };
+    write(&state, &fwd, &req, body, command).await
 }
 
 fn read_response(result: QueryResult, stale: bool) -> HttpResponse {
@@ -489,7 +569,7 @@ pub async fn put_key(
     let key = parse_key(&req)?;
     params(&req, &[])?;
     let body = read_body(&req, payload, state.client_body_limit(), state.settings.request_read_timeout).await?;
-    let command = parse_put_body(&body, key, state.settings.max_value_bytes)?;
+    let command = in_session(&req, parse_put_body(&body, key, state.settings.max_value_bytes)?)?;
     write(&state, &fwd, &req, body, command).await
 }
 
@@ -503,7 +583,8 @@ pub async fn delete_key(
     let key = parse_key(&req)?;
     let p = params(&req, &["if_revision"])?;
     let if_revision = u64_param(&p, "if_revision")?;
-    write(&state, &fwd, &req, Bytes::new(), Command::Delete { key, if_revision }).await
+    let command = in_session(&req, Command::Delete { key, if_revision })?;
+    write(&state, &fwd, &req, Bytes::new(), command).await
 }
 
 /// `GET /kv?prefix=p&limit=n&consistency=...`

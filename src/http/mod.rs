@@ -208,6 +208,7 @@ fn route_name(req: &HttpRequest) -> &'static str {
         Some("/kv/{key:.*}") => "/kv/{key}",
         Some("/kv") => "/kv",
         Some("/txn") => "/txn",
+        Some("/sessions") => "/sessions",
         Some("/health") => "/health",
         Some("/ready") => "/ready",
         Some("/status") => "/status",
@@ -260,6 +261,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route(web::get().to(client_api::get_key))
             .route(web::put().to(client_api::put_key))
             .route(web::delete().to(client_api::delete_key))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/sessions")
+            .route(web::post().to(client_api::open_session))
             .default_service(web::to(method_not_allowed)),
     )
     .service(web::resource("/txn").route(web::post().to(txn::post_txn)).default_service(web::to(method_not_allowed)))

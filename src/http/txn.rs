@@ -194,7 +194,8 @@ pub async fn post_txn(
     if txn.writes() {
         state.authorize(&req, Role::Write)?;
     }
-    write(&state, &fwd, &req, body, Command::Txn(txn)).await
+    let command = super::client_api::in_session(&req, Command::Txn(txn))?;
+    write(&state, &fwd, &req, body, command).await
 }
 
 #[cfg(test)]

@@ -16,6 +16,10 @@ use crate::codec::{DecodeError, Reader, put_bytes};
 use crate::raft::Index;
 use crate::state_machine::{Frozen, StateMachine};
 
+pub mod session;
+
+use session::{Check, Sessions};
+
 /// A condition on the current state of a key.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Condition {
@@ -40,6 +44,21 @@ pub enum Command {
     },
     /// Several keys at once, atomically, in one log entry.
     Txn(Txn),
+    /// Opens a client session; its id is the index of this entry.
+    /// `now_ms` is the proposing leader's clock.
+    OpenSession {
+        now_ms: u64,
+        ttl_ms: u64,
+        max_sessions: u64,
+    },
+    /// A write (Put, Delete or Txn) tagged with its session's sequence
+    /// number: applied once, however often it is retried.
+    InSession {
+        session: u64,
+        seq: u64,
+        now_ms: u64,
+        inner: Box<Command>,
+    },
 }
 
 /// A transaction: if every comparison holds, the `success` operations run,
@@ -120,6 +139,22 @@ pub enum CommandResult {
         revision: u64,
         results: Vec<OpResult>,
     },
+    SessionOpened {
+        session: u64,
+        ttl_ms: u64,
+    },
+    /// The session is not in the table (expired, evicted, or never
+    /// opened): the write was not applied.
+    SessionExpired {
+        session: u64,
+    },
+    /// A sequence number below the session's last: its response is gone,
+    /// and the write was not applied (again).
+    SeqSuperseded {
+        session: u64,
+        seq: u64,
+        last_seq: u64,
+    },
 }
 
 /// A read.
@@ -147,6 +182,8 @@ pub enum QueryResult {
 const CMD_PUT: u8 = 1;
 const CMD_DELETE: u8 = 2;
 const CMD_TXN: u8 = 3;
+const CMD_OPEN_SESSION: u8 = 4;
+const CMD_IN_SESSION: u8 = 5;
 const CMP_VALUE: u8 = 1;
 const CMP_REVISION: u8 = 2;
 const CMP_EXISTS: u8 = 3;
@@ -171,21 +208,28 @@ impl Command {
                 t.compare.iter().map(|c| 16 + c.key().len() + c.value_len()).sum::<usize>()
                     + t.success.iter().chain(&t.failure).map(op).sum::<usize>()
             }
+            Command::OpenSession { .. } => 0,
+            Command::InSession { inner, .. } => 24 + inner.size_hint(),
         }
     }
 
     pub fn encode(&self) -> Bytes {
         let mut out = BytesMut::with_capacity(self.size_hint());
+        self.encode_into(&mut out);
+        out.freeze()
+    }
+
+    fn encode_into(&self, out: &mut BytesMut) {
         match self {
             Command::Put { key, value, condition } => {
                 out.put_u8(CMD_PUT);
-                put_bytes(&mut out, key.as_bytes());
-                put_bytes(&mut out, value.as_bytes());
+                put_bytes(out, key.as_bytes());
+                put_bytes(out, value.as_bytes());
                 match condition {
                     Condition::None => out.put_u8(COND_NONE),
                     Condition::IfValue(v) => {
                         out.put_u8(COND_VALUE);
-                        put_bytes(&mut out, v.as_bytes());
+                        put_bytes(out, v.as_bytes());
                     }
                     Condition::IfRevision(r) => {
                         out.put_u8(COND_REVISION);
@@ -195,7 +239,7 @@ impl Command {
             }
             Command::Delete { key, if_revision } => {
                 out.put_u8(CMD_DELETE);
-                put_bytes(&mut out, key.as_bytes());
+                put_bytes(out, key.as_bytes());
                 match if_revision {
                     None => out.put_u8(COND_NONE),
                     Some(r) => {
@@ -204,6 +248,19 @@ impl Command {
                     }
                 }
             }
+            Command::OpenSession { now_ms, ttl_ms, max_sessions } => {
+                out.put_u8(CMD_OPEN_SESSION);
+                out.put_u64_le(*now_ms);
+                out.put_u64_le(*ttl_ms);
+                out.put_u64_le(*max_sessions);
+            }
+            Command::InSession { session, seq, now_ms, inner } => {
+                out.put_u8(CMD_IN_SESSION);
+                out.put_u64_le(*session);
+                out.put_u64_le(*seq);
+                out.put_u64_le(*now_ms);
+                inner.encode_into(out);
+            }
             Command::Txn(t) => {
                 out.put_u8(CMD_TXN);
                 out.put_u32_le(t.compare.len() as u32);
@@ -211,17 +268,17 @@ impl Command {
                     match c {
                         Compare::Value { key, value } => {
                             out.put_u8(CMP_VALUE);
-                            put_bytes(&mut out, key.as_bytes());
-                            put_bytes(&mut out, value.as_bytes());
+                            put_bytes(out, key.as_bytes());
+                            put_bytes(out, value.as_bytes());
                         }
                         Compare::Revision { key, revision } => {
                             out.put_u8(CMP_REVISION);
-                            put_bytes(&mut out, key.as_bytes());
+                            put_bytes(out, key.as_bytes());
                             out.put_u64_le(*revision);
                         }
                         Compare::Exists { key, exists } => {
                             out.put_u8(CMP_EXISTS);
-                            put_bytes(&mut out, key.as_bytes());
+                            put_bytes(out, key.as_bytes());
                             out.put_u8(u8::from(*exists));
                         }
                     }
@@ -232,27 +289,34 @@ impl Command {
                         match op {
                             TxnOp::Put { key, value } => {
                                 out.put_u8(OP_PUT);
-                                put_bytes(&mut out, key.as_bytes());
-                                put_bytes(&mut out, value.as_bytes());
+                                put_bytes(out, key.as_bytes());
+                                put_bytes(out, value.as_bytes());
                             }
                             TxnOp::Delete { key } => {
                                 out.put_u8(OP_DELETE);
-                                put_bytes(&mut out, key.as_bytes());
+                                put_bytes(out, key.as_bytes());
                             }
                             TxnOp::Get { key } => {
                                 out.put_u8(OP_GET);
-                                put_bytes(&mut out, key.as_bytes());
+                                put_bytes(out, key.as_bytes());
                             }
                         }
                     }
                 }
             }
         }
-        out.freeze()
     }
 
     pub fn decode(buf: Bytes) -> Result<Command, DecodeError> {
         let mut r = Reader::new(buf);
+        let cmd = Self::decode_from(&mut r, true)?;
+        r.finish("command")?;
+        Ok(cmd)
+    }
+
+    /// One command; a session command only at the top (`outer`), and only
+    /// around a write.
+    fn decode_from(r: &mut Reader, outer: bool) -> Result<Command, DecodeError> {
         let cmd = match r.u8("command kind")? {
             CMD_PUT => {
                 let key = r.string("key")?;
@@ -274,10 +338,23 @@ impl Command {
                 };
                 Command::Delete { key, if_revision }
             }
-            CMD_TXN => Command::Txn(decode_txn(&mut r)?),
+            CMD_TXN => Command::Txn(decode_txn(r)?),
+            CMD_OPEN_SESSION if outer => Command::OpenSession {
+                now_ms: r.u64("now_ms")?,
+                ttl_ms: r.u64("ttl_ms")?,
+                max_sessions: r.u64("max_sessions")?,
+            },
+            CMD_IN_SESSION if outer => Command::InSession {
+                session: r.u64("session")?,
+                seq: r.u64("seq")?,
+                now_ms: r.u64("now_ms")?,
+                inner: Box::new(Self::decode_from(r, false)?),
+            },
+            k @ (CMD_OPEN_SESSION | CMD_IN_SESSION) => {
+                return Err(DecodeError(format!("command kind {k} inside a session command")));
+            }
             k => return Err(DecodeError(format!("unknown command kind {k}"))),
         };
-        r.finish("command")?;
         Ok(cmd)
     }
 }
@@ -368,6 +445,8 @@ struct Versioned {
 #[derive(Default, Debug, Clone)]
 pub struct KvStore {
     map: OrdMap<String, Versioned>,
+    /// Client sessions: the last sequence number and response of each.
+    sessions: Sessions,
     /// Index of the last log entry applied. Invariant: entries are applied
     /// in index order, each once.
     applied: Index,
@@ -396,9 +475,17 @@ impl KvStore {
         self.applied = index;
     }
 
+    pub fn sessions(&self) -> &Sessions {
+        &self.sessions
+    }
+
     /// Applies the command of log entry `index`.
     pub fn apply(&mut self, index: Index, cmd: Command) -> CommandResult {
         self.skip(index);
+        self.execute(index, cmd)
+    }
+
+    fn execute(&mut self, index: Index, cmd: Command) -> CommandResult {
         match cmd {
             Command::Put { key, value, condition } => {
                 let holds = match (&condition, self.map.get(&key)) {
@@ -428,6 +515,24 @@ impl KvStore {
                 CommandResult::Deleted { key, deleted, revision: index }
             }
             Command::Txn(t) => self.apply_txn(index, t),
+            Command::OpenSession { now_ms, ttl_ms, max_sessions } => {
+                self.sessions.advance(now_ms);
+                self.sessions.open(index, ttl_ms, usize::try_from(max_sessions).unwrap_or(usize::MAX));
+                CommandResult::SessionOpened { session: index, ttl_ms }
+            }
+            Command::InSession { session, seq, now_ms, inner } => {
+                self.sessions.advance(now_ms);
+                match self.sessions.check(session, seq) {
+                    Check::Fresh => {
+                        let result = self.execute(index, *inner);
+                        self.sessions.record(session, seq, &result);
+                        result
+                    }
+                    Check::Duplicate(result) => result,
+                    Check::Superseded { last_seq } => CommandResult::SeqSuperseded { session, seq, last_seq },
+                    Check::Unknown => CommandResult::SessionExpired { session },
+                }
+            }
         }
     }
 
@@ -485,7 +590,9 @@ impl KvStore {
 // --- snapshots -------------------------------------------------------------------
 
 /// Snapshot body: `applied` (u64), key count (u64), then per key in key
-/// order: key, value (u32 length + bytes each) and revision (u64), all LE.
+/// order: key, value (u32 length + bytes each) and revision (u64), all LE;
+/// then the session table ([`Sessions::write_to`]; absent in snapshots of
+/// releases before sessions, which restore with none).
 const SNAPSHOT_CHUNK: usize = 64 << 10;
 
 /// A frozen copy of the store: shares structure with the live map, which
@@ -510,6 +617,7 @@ impl Frozen for FrozenKv {
                 buf.clear();
             }
         }
+        self.0.sessions.write_to(&mut buf);
         out.write_all(&buf)
     }
 }
@@ -563,8 +671,12 @@ impl StateMachine for KvStore {
             last = Some(key.clone());
             map.insert(key, Versioned { value, revision });
         }
+        let sessions = if r.is_empty() { Sessions::default() } else { Sessions::read_from(&mut r).map_err(err)? };
+        if let Some(id) = sessions.max_id().filter(|&id| id > applied) {
+            return Err(format!("session {id} is newer than the snapshot's index {applied}"));
+        }
         r.finish("snapshot").map_err(err)?;
-        Ok(KvStore { map, applied })
+        Ok(KvStore { map, sessions, applied })
     }
 }
 
@@ -795,6 +907,42 @@ mod tests {
         assert!(s.item("x").is_none() && s.len() == 1);
         assert!(!txn(vec![], vec![tget("a")], vec![tget("b")]).as_txn().writes());
         assert!(txn(vec![], vec![tget("a")], vec![TxnOp::Delete { key: "b".into() }]).as_txn().writes());
+    }
+
+    fn tagged(session: u64, seq: u64, now_ms: u64, inner: Command) -> Command {
+        Command::InSession { session, seq, now_ms, inner: Box::new(inner) }
+    }
+
+    #[test]
+    fn a_write_in_a_session_is_applied_once_and_the_table_is_in_snapshots() {
+        let mut s = KvStore::new();
+        let open = Command::OpenSession { now_ms: 1_000, ttl_ms: 5_000, max_sessions: 100 };
+        assert_eq!(s.apply(1, open), CommandResult::SessionOpened { session: 1, ttl_ms: 5_000 });
+        let create = || put("k", "v", Condition::IfRevision(0));
+        let first = s.apply(2, tagged(1, 1, 1_100, create()));
+        assert_eq!(first, CommandResult::Put { key: "k".into(), revision: 2 });
+        // The retry, later in the log: the first answer, nothing applied.
+        assert_eq!(s.apply(3, tagged(1, 1, 1_200, create())), first);
+        assert_eq!(s.item("k").unwrap().revision, 2);
+        // Nested session commands do not decode.
+        let nested = tagged(1, 2, 0, Command::OpenSession { now_ms: 0, ttl_ms: 1, max_sessions: 1 });
+        assert!(Command::decode(nested.encode()).is_err());
+        assert_eq!(Command::decode(tagged(1, 2, 3, create()).encode()).unwrap(), tagged(1, 2, 3, create()));
+        // Through a snapshot.
+        let frozen = StateMachine::freeze(&s);
+        let mut body = Vec::new();
+        frozen.write_to(&mut body).unwrap();
+        let mut back = <KvStore as StateMachine>::restore(3, Bytes::from(body)).unwrap();
+        assert_eq!(back.sessions().get(1), s.sessions().get(1));
+        assert_eq!(back.apply(4, tagged(1, 1, 1_300, create())), first);
+        // Older sequence numbers and expired sessions are refused.
+        assert!(matches!(back.apply(5, tagged(1, 2, 1_400, create())), CommandResult::PreconditionFailed { .. }));
+        assert_eq!(
+            back.apply(6, tagged(1, 1, 1_500, create())),
+            CommandResult::SeqSuperseded { session: 1, seq: 1, last_seq: 2 }
+        );
+        assert_eq!(back.apply(7, tagged(1, 3, 7_000, create())), CommandResult::SessionExpired { session: 1 });
+        assert!(back.sessions().is_empty());
     }
 
     impl Command {
