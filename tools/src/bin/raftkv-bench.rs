@@ -153,6 +153,10 @@ enum Load {
     GetStale,
     /// A transaction of this many puts of consecutive keys.
     Txn(u8),
+    /// PUT with one wrk thread per connection (so each connection can
+    /// keep a client session's sequence numbers in order), in a session
+    /// of its own (`true`) or without one (`false`, the comparison).
+    PutOwnThread(bool),
 }
 
 impl Load {
@@ -163,6 +167,8 @@ impl Load {
             Load::GetStale => "GET stale/serializable",
             Load::Txn(2) => "txn, 2 puts",
             Load::Txn(_) => "txn, 8 puts",
+            Load::PutOwnThread(false) => "PUT, wrk thread per connection",
+            Load::PutOwnThread(true) => "PUT in sessions, wrk thread per connection",
         }
     }
 }
@@ -179,7 +185,9 @@ function init(args)
 end
 "#;
 
-fn wrk_script(sys: System, load: Load, token: Option<&str>) -> String {
+/// `sessions`: for `PutOwnThread(true)`, one fresh session id per wrk
+/// thread (each thread has one connection and numbers its writes 1, 2, …).
+fn wrk_script(sys: System, load: Load, token: Option<&str>, sessions: &[u64]) -> String {
     let value = "x".repeat(VALUE_LEN);
     let mut s = String::new();
     match sys {
@@ -189,7 +197,21 @@ fn wrk_script(sys: System, load: Load, token: Option<&str>) -> String {
             let _ = writeln!(s, "local ghdr = {{{}}}", auth.trim_start_matches(", "));
             let _ = writeln!(s, "local body = '{{\"value\":\"{value}\"}}'");
             let req = match load {
-                Load::Put => "wrk.format('PUT', '/kv/key' .. math.random(1, KEYS), hdr, body)",
+                Load::Put | Load::PutOwnThread(false) => {
+                    "wrk.format('PUT', '/kv/key' .. math.random(1, KEYS), hdr, body)"
+                }
+                Load::PutOwnThread(true) => {
+                    let ids: Vec<String> = sessions.iter().map(u64::to_string).collect();
+                    let _ = writeln!(
+                        s,
+                        "local ids = {{{}}}\nlocal next_id = 0\nfunction setup(thread)\n  next_id = next_id + 1\n  \
+                         thread:set('sid', tostring(ids[next_id]))\nend\nseq = 0\nfunction tagged()\n  seq = seq + 1\n  \
+                         local h = {{[\"Content-Type\"] = \"application/json\", [\"raftkv-session\"] = sid, \
+                         [\"raftkv-seq\"] = tostring(seq){auth}}}\n  return h\nend",
+                        ids.join(",")
+                    );
+                    "wrk.format('PUT', '/kv/key' .. math.random(1, KEYS), tagged(), body)"
+                }
                 Load::GetLinearizable => "wrk.format('GET', '/kv/key' .. math.random(1, KEYS), ghdr)",
                 Load::GetStale => "wrk.format('GET', '/kv/key' .. math.random(1, KEYS) .. '?consistency=stale', ghdr)",
                 Load::Txn(n) => {
@@ -211,7 +233,7 @@ fn wrk_script(sys: System, load: Load, token: Option<&str>) -> String {
             let _ = writeln!(s, "local value = \"{}\"", b64(value.as_bytes()));
             let _ = writeln!(s, "local hdr = {{[\"Content-Type\"] = \"application/json\"}}");
             let req = match load {
-                Load::Put => {
+                Load::Put | Load::PutOwnThread(_) => {
                     "wrk.format('POST', '/v3/kv/put', hdr, '{\"key\":\"' .. keys[math.random(1, #keys)] .. '\",\"value\":\"' .. value .. '\"}')"
                 }
                 Load::GetLinearizable => {
@@ -273,10 +295,26 @@ struct Target {
 
 fn run_wrk(dir: &Path, t: &Target, load: Load, conns: u32, secs: u64) -> Measure {
     let script = dir.join(format!("{}-{:?}.lua", t.sys.name().replace(' ', "_"), load));
-    fs::write(&script, wrk_script(t.sys, load, t.token.as_deref())).unwrap();
+    // Fresh sessions for every run: a reused one would answer its old
+    // sequence numbers from the table without applying anything.
+    let sessions: Vec<u64> = if load == Load::PutOwnThread(true) {
+        let endpoint = [t.addr.clone()];
+        (0..conns)
+            .map(|_| {
+                t.http
+                    .open_session(&endpoint, Duration::from_secs(10))
+                    .map(|s| s.id)
+                    .unwrap_or_else(|e| panic!("{e:?}"))
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    fs::write(&script, wrk_script(t.sys, load, t.token.as_deref(), &sessions)).unwrap();
+    let threads = if matches!(load, Load::PutOwnThread(_)) { conns } else { conns.min(2) };
     let cpu_before: f64 = t.pids.iter().map(|&p| cpu_seconds(p)).sum();
     let out = Command::new("wrk")
-        .args(["-t", &conns.min(2).to_string(), "-c", &conns.to_string(), "-d", &format!("{secs}s"), "--latency"])
+        .args(["-t", &threads.to_string(), "-c", &conns.to_string(), "-d", &format!("{secs}s"), "--latency"])
         .arg("-s")
         .arg(&script)
         .arg(format!("{}://{}", t.http.scheme(), t.addr))
@@ -490,6 +528,8 @@ fn main() {
         (Load::GetStale, 64),
         (Load::Txn(2), 64),
         (Load::Txn(8), 64),
+        (Load::PutOwnThread(false), 64),
+        (Load::PutOwnThread(true), 64),
     ]
     .into_iter()
     .filter(|(_, c)| args.conns.is_empty() || args.conns.contains(c))
@@ -506,6 +546,9 @@ fn main() {
                 }
                 if matches!(load, Load::Txn(_)) && matches!(t.sys, System::Ceiling | System::RaftkvTls) {
                     continue; // transactions: raftkv against etcd only
+                }
+                if matches!(load, Load::PutOwnThread(_)) && t.sys != System::Raftkv {
+                    continue; // sessions against none: raftkv alone
                 }
                 eprintln!("{} {} c={conns} (round {}) ...", t.sys.name(), load.name(), round + 1);
                 let m = run_wrk(&dir, t, load, conns, secs);
@@ -642,7 +685,11 @@ fn main() {
                     m.p99_us / b.p99_us
                 )
             };
+            let without = results.get(&(Load::PutOwnThread(false), conns, System::Raftkv));
             let ratio = match (t.sys, r, e) {
+                (System::Raftkv, _, _) if load == Load::PutOwnThread(true) => {
+                    without.map_or(String::new(), |w| vs(w, "no-session"))
+                }
                 (System::Raftkv, _, Some(e)) => vs(e, "etcd"),
                 (System::RaftkvTls, Some(r), e) => {
                     let plain = vs(r, "plaintext");
