@@ -40,6 +40,9 @@ fn expect_pass(cfg: ChaosConfig) {
     assert!(report.pass, "chaos run failed:\n{}", report.summary);
     assert!(report.ops > 1000, "too few operations to mean anything: {}", report.ops);
     assert!(report.snapshots.0 > 0, "no snapshot was taken: {}", report.summary);
+    // The counter (exactly-once increments in sessions) and the bank
+    // (transactions) ran and were checked.
+    assert!(report.workloads.0 > 10 && report.workloads.1 > 10, "{}", report.summary);
     let _ = std::fs::remove_dir_all(&cfg.out_dir);
 }
 

@@ -7,10 +7,13 @@
 //! * `checker.rs` — the Wing–Gong–Lowe linearizability search.
 //! * `cluster.rs` — node processes, signals, iptables rules.
 //! * `run.rs` — clients, nemesis, report.
+//! * `workloads.rs` — a counter of CAS loops and a bank of transactions,
+//!   both in client sessions: exactly-once writes and atomicity.
 
 pub mod checker;
 pub mod cluster;
 pub mod run;
+pub mod workloads;
 
 pub use run::{ChaosConfig, Fault, PlantedBug, Report, parse_faults, run};
 

@@ -15,6 +15,7 @@ use serde_json::json;
 
 use super::checker::{self, Action, HistoryOp, Verdict};
 use super::cluster::{ChaosCluster, remove_stale_rules};
+use super::workloads::{self, Env, Stats};
 use raftkv::client::{ClientError, HttpClient};
 use raftkv::raft::SplitMix64;
 
@@ -202,6 +203,8 @@ pub struct Report {
     pub ops: usize,
     /// Snapshot activity in the node logs: (taken, sent, installed).
     pub snapshots: (usize, usize, usize),
+    /// Acknowledged counter increments and bank transfers.
+    pub workloads: (u64, u64),
 }
 
 /// Counts snapshot lines in the node logs of a run: taken, sent, installed.
@@ -225,6 +228,14 @@ struct Shared {
     members: Mutex<Vec<(u64, String)>>,
     /// How clients reach the nodes (TLS and a token when on).
     http: HttpClient,
+    /// The counter and bank workloads' tallies.
+    stats: Mutex<Stats>,
+}
+
+impl Shared {
+    fn env(&self) -> Env<'_> {
+        Env { http: &self.http, members: &self.members, stop: &self.stop, stats: &self.stats }
+    }
 }
 
 impl Shared {
@@ -624,6 +635,8 @@ pub fn run(cfg: &ChaosConfig) -> Result<Report, String> {
     }
     let addrs: Vec<(u64, String)> = cluster.ids().iter().map(|&id| (id, cluster.addr(id))).collect();
     let http = cluster.client(Duration::from_secs(3));
+    let leader = cluster.leader().ok_or("no leader after start-up")?;
+    workloads::open_accounts(&http, &cluster.addr(leader))?;
     let cluster = Mutex::new(cluster);
     let shared = Shared {
         start: Instant::now(),
@@ -632,6 +645,7 @@ pub fn run(cfg: &ChaosConfig) -> Result<Report, String> {
         degraded: Mutex::new(Vec::new()),
         members: Mutex::new(addrs),
         http,
+        stats: Mutex::new(Stats::default()),
     };
     let end = Instant::now() + cfg.duration;
     let faults = std::thread::scope(|s| {
@@ -640,11 +654,23 @@ pub fn run(cfg: &ChaosConfig) -> Result<Report, String> {
             let seed = cfg.seed.wrapping_mul(31).wrapping_add(c as u64 + 1);
             s.spawn(move || client_loop(c, cfg, shared, seed));
         }
-        let faults = nemesis(&cluster, cfg, &shared, end);
+        let seed = cfg.seed.wrapping_mul(131);
+        let shared = &shared;
+        for w in 0..2 {
+            s.spawn(move || workloads::counter_client(&shared.env(), seed + w));
+            s.spawn(move || workloads::bank_client(&shared.env(), seed + 10 + w));
+        }
+        s.spawn(move || workloads::auditor(&shared.env(), seed + 20));
+        let faults = nemesis(&cluster, cfg, shared, end);
         std::thread::sleep(end.saturating_duration_since(Instant::now()));
+        // Heal before the clients stop: a session write in flight then gets
+        // its answer instead of running out of patience.
+        let healed = cluster.lock().unwrap().heal_all().map_err(|e| e.to_string());
         shared.stop.store(true, Ordering::Relaxed);
-        faults
+        (faults, healed)
     });
+    let (faults, healed) = faults;
+    healed?;
 
     // Heal everything and read every key back through every node.
     let mut c = cluster.into_inner().unwrap();
@@ -686,6 +712,12 @@ pub fn run(cfg: &ChaosConfig) -> Result<Report, String> {
             final_reads_ok &= done;
         }
     }
+    let member_addrs: Vec<String> = c.ids().iter().map(|&id| c.addr(id)).collect();
+    let (workloads_ok, workloads_summary) = workloads::final_check(&shared.env(), &member_addrs);
+    let workload_counts = {
+        let st = shared.stats.lock().unwrap();
+        (st.counter_acked, st.transfers)
+    };
     drop(c);
 
     let mut history = shared.history.into_inner().unwrap();
@@ -773,7 +805,8 @@ pub fn run(cfg: &ChaosConfig) -> Result<Report, String> {
         "snapshots: {} taken, {} streamed to followers, {} installed by followers",
         snapshots.0, snapshots.1, snapshots.2
     );
-    let mut pass = final_reads_ok && unexpected == 0;
+    s.push_str(&workloads_summary);
+    let mut pass = final_reads_ok && unexpected == 0 && workloads_ok;
     if unexpected > 0 {
         let _ =
             writeln!(s, "unexpected responses: {unexpected} (see history.jsonl, detail starting with 'unexpected')");
@@ -798,5 +831,13 @@ pub fn run(cfg: &ChaosConfig) -> Result<Report, String> {
     let _ = writeln!(s, "verdict: {}", if pass { "PASS" } else { "FAIL" });
     let _ = writeln!(s, "history, faults and node logs: {}", cfg.out_dir.display());
     fs::write(cfg.out_dir.join("summary.txt"), &s).map_err(|e| e.to_string())?;
-    Ok(Report { dir: cfg.out_dir.clone(), pass, summary: s, verdicts, ops: history.len(), snapshots })
+    Ok(Report {
+        dir: cfg.out_dir.clone(),
+        pass,
+        summary: s,
+        verdicts,
+        ops: history.len(),
+        snapshots,
+        workloads: workload_counts,
+    })
 }
