@@ -110,6 +110,26 @@ fn commands_outputs_and_exit_codes() {
 }
 
 #[test]
+fn a_reader_that_goes_away_ends_it_quietly() {
+    let c = cluster(3);
+    c.wait_leader(Duration::from_secs(10));
+    // `raftkvctl status | head -0`: the pipe's reader is gone before the
+    // output is written.
+    let mut child = ctl_cmd()
+        .arg("--endpoints")
+        .arg(endpoints(&c))
+        .arg("status")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
+}
+
+#[test]
 fn fails_over_to_the_next_endpoint_and_reports_no_leader() {
     let mut c = cluster(3);
     let leader = c.wait_leader(Duration::from_secs(10));

@@ -482,7 +482,7 @@ impl Ctl {
                 if v["succeeded"] == true {
                     return Ok(out);
                 }
-                println!("{out}");
+                print_out(&out);
                 Err(Failure::new(4, "the comparisons did not hold; the failure operations ran"))
             }
             Cmd::Status => self.status(),
@@ -851,7 +851,7 @@ fn interactive(ctl: &Ctl) -> ExitCode {
         }
         match Line::try_parse_from(&words) {
             Ok(Line { cmd }) => match ctl.run(&cmd) {
-                Ok(out) => println!("{out}"),
+                Ok(out) => print_out(&out),
                 Err(f) => {
                     eprintln!("error: {}", f.message);
                     status = f.code;
@@ -919,7 +919,7 @@ fn main() -> ExitCode {
         Some(cmd) => match ctl.run(cmd) {
             Ok(out) => {
                 if !out.is_empty() {
-                    println!("{out}");
+                    print_out(&out);
                 }
                 ExitCode::SUCCESS
             }
@@ -928,6 +928,21 @@ fn main() -> ExitCode {
                 ExitCode::from(f.code)
             }
         },
+    }
+}
+
+/// Prints a command's output. A reader that went away (`raftkvctl list |
+/// head`) ends the program quietly, as it does for other Unix tools,
+/// instead of a panic about a broken pipe.
+fn print_out(out: &str) {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = writeln!(stdout, "{out}").and_then(|()| stdout.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("raftkvctl: writing the output: {e}");
+        std::process::exit(1);
     }
 }
 
