@@ -24,6 +24,13 @@ pub async fn health(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok", "id": state.settings.id}))
 }
 
+/// The OpenAPI 3.1 description of the client and operations API (the
+/// repository's `openapi.json`, built into the binary). Open like
+/// `/health`: it describes the API, it holds nothing of the cluster.
+pub async fn openapi() -> HttpResponse {
+    HttpResponse::Ok().content_type("application/json").body(include_str!("../../openapi.json"))
+}
+
 /// Readiness: a leader is known and everything known committed is applied.
 pub async fn ready(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let (s, applied) = status_of(&state).await?;

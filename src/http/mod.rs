@@ -210,6 +210,7 @@ fn route_name(req: &HttpRequest) -> &'static str {
         Some("/txn") => "/txn",
         Some("/sessions") => "/sessions",
         Some("/health") => "/health",
+        Some("/openapi.json") => "/openapi.json",
         Some("/ready") => "/ready",
         Some("/status") => "/status",
         Some("/metrics") => "/metrics",
@@ -270,6 +271,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     )
     .service(web::resource("/txn").route(web::post().to(txn::post_txn)).default_service(web::to(method_not_allowed)))
     .service(web::resource("/health").route(web::get().to(admin::health)).default_service(web::to(method_not_allowed)))
+    .service(
+        web::resource("/openapi.json")
+            .route(web::get().to(admin::openapi))
+            .default_service(web::to(method_not_allowed)),
+    )
     .service(web::resource("/ready").route(web::get().to(admin::ready)).default_service(web::to(method_not_allowed)))
     .service(web::resource("/status").route(web::get().to(admin::status)).default_service(web::to(method_not_allowed)))
     .service(
