@@ -105,25 +105,18 @@ impl Sessions {
     /// Whether a write tagged (`id`, `seq`) is to be applied; a known
     /// session's expiry moves on either way (it is in use).
     pub fn check(&mut self, id: u64, seq: u64) -> Check {
-        let Some(s) = self.by_id.get(&id).cloned() else { return Check::Unknown };
-        self.touch(id, &s);
-        match seq.cmp(&s.last_seq) {
+        let clock = self.clock_ms;
+        let Some(s) = self.by_id.get_mut(&id) else { return Check::Unknown };
+        let (was, now) = (s.expires_at, clock.saturating_add(s.ttl_ms));
+        s.expires_at = now;
+        let check = match seq.cmp(&s.last_seq) {
             std::cmp::Ordering::Greater => Check::Fresh,
-            std::cmp::Ordering::Equal => match s.response {
-                Some(r) => Check::Duplicate(r),
-                None => Check::Fresh,
-            },
+            std::cmp::Ordering::Equal => s.response.clone().map_or(Check::Fresh, Check::Duplicate),
             std::cmp::Ordering::Less => Check::Superseded { last_seq: s.last_seq },
-        }
-    }
-
-    fn touch(&mut self, id: u64, s: &Session) {
-        let expires_at = self.clock_ms.saturating_add(s.ttl_ms);
-        self.by_expiry.remove(&(s.expires_at, id));
-        self.by_expiry.insert((expires_at, id));
-        if let Some(live) = self.by_id.get_mut(&id) {
-            live.expires_at = expires_at;
-        }
+        };
+        self.by_expiry.remove(&(was, id));
+        self.by_expiry.insert((now, id));
+        check
     }
 
     /// Records the response to the applied write (`id`, `seq`).
