@@ -378,3 +378,35 @@ pub struct GetApplied;
 impl Message for GetApplied {
     type Result = Index;
 }
+
+/// HTTP → StateMachine: start a watch of `filter` from revision `from`
+/// (`None`: from the next change). Answers with the history from `from`
+/// up to the index applied now (`after`); what comes later reaches
+/// `tx` through the WatchHub.
+pub struct StartWatch {
+    pub filter: crate::kv::watch::Filter,
+    pub from: Option<Index>,
+    pub tx: tokio::sync::mpsc::Sender<super::watch_hub::WatchItem>,
+    pub cancel: tokio::sync::oneshot::Sender<super::watch_hub::Cancelled>,
+}
+
+/// The history a new watcher starts with.
+pub struct WatchStarted {
+    /// The watcher's id at the hub.
+    pub id: u64,
+    pub backlog: imbl::Vector<std::sync::Arc<crate::kv::watch::Event>>,
+    pub after: Index,
+}
+
+/// Why a watch was not started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WatchRefused {
+    /// The revision asked for is older than the history kept.
+    Compacted { oldest: Index, current: Index },
+    /// The node has `limit` watchers already.
+    TooMany { limit: usize },
+}
+
+impl Message for StartWatch {
+    type Result = Result<WatchStarted, WatchRefused>;
+}

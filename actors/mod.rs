@@ -15,6 +15,9 @@
 //!                        └◄──────── SnapshotSaved ─────────────── Snapshotter (own thread: snap/)
 //!  HTTP front door ─── LocalRead, GetApplied ──────────────────► StateMachine
 //!  HTTP /raft/install_snapshot ─── ReceiveChunk ───────────────► Snapshotter
+//!  HTTP watch ─── StartWatch ──► StateMachine ── Register, Publish ──► WatchHub (own thread)
+//!       ▲                                                              │
+//!       └──────────── WatchItem (bounded channel per watcher) ─────────┘
 //! ```
 //!
 //! * **Consensus** owns the pure Raft core (`crate::raft::Raft`) and is the
@@ -30,6 +33,10 @@
 //! * **StateMachine** applies committed entries to the key-value map,
 //!   answers the clients waiting for them, and serves reads. It freezes
 //!   its state for a snapshot in O(1) and restores installed snapshots.
+//!   It keeps the window of recent changes watchers start from.
+//! * **WatchHub** hands new changes to the watchers of their keys, each
+//!   through a bounded buffer; a watcher that falls behind is cancelled,
+//!   never waited for.
 //! * **Snapshotter** writes snapshot files and stages the ones streamed
 //!   from the leader, on its own thread, so neither the WAL's fsyncs nor
 //!   applying wait for it.
@@ -44,6 +51,7 @@ pub mod replicator;
 pub mod snapshotter;
 pub mod state_machine;
 pub mod storage;
+pub mod watch_hub;
 
 use std::sync::Arc;
 
@@ -116,6 +124,7 @@ pub struct NodeHandles {
     pub cluster: ClusterWatch,
     pub state_machine: Addr<state_machine::StateMachineActor>,
     pub snapshotter: Addr<snapshotter::Snapshotter>,
+    pub watch_hub: Addr<watch_hub::WatchHub>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -134,11 +143,24 @@ pub fn spawn_node(
     let (id, dir, snap_metrics) = (settings.id, snapshots.clone(), metrics.clone());
     let snapshotter =
         SyncArbiter::start(1, move || snapshotter::Snapshotter::new(id, dir.clone(), snap_metrics.clone()));
+    // The watch hub has a thread of its own: fanning events out to
+    // watchers never delays applying or consensus.
+    let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let hub = watch_hub::WatchHub::new(settings.id, count.clone(), settings.watch_progress, metrics.clone());
+    let hub = watch_hub::WatchHub::start_in_arbiter(&Arbiter::new().handle(), move |_| hub);
+    let watch = state_machine::WatchPlumbing {
+        hub: hub.clone(),
+        count,
+        limits: settings.watch_history,
+        max_watchers: settings.max_watchers,
+        next_id: 0,
+    };
     let state_machine = state_machine::StateMachineActor::new(
         settings.id,
         store,
         snapshots.clone(),
         snapshotter.clone(),
+        watch,
         metrics.clone(),
     )
     .start();
@@ -160,5 +182,5 @@ pub fn spawn_node(
         metrics.clone(),
     );
     election_timer::ElectionTimer::new(settings.tick, consensus.clone().recipient()).start();
-    NodeHandles { consensus, state_machine, snapshotter, metrics, cluster }
+    NodeHandles { consensus, state_machine, snapshotter, watch_hub: hub, metrics, cluster }
 }

@@ -7,15 +7,21 @@
 //! observe has been applied.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering::Relaxed;
 
 use actix::prelude::*;
 use log::{debug, error, info, trace};
 
 use super::ClientOutcome;
-use super::messages::{Apply, GetApplied, LocalRead, Restore, ServeRead, TakeSnapshot, WriteSnapshot};
+use super::messages::{
+    Apply, GetApplied, LocalRead, Restore, ServeRead, StartWatch, TakeSnapshot, WatchRefused, WatchStarted,
+    WriteSnapshot,
+};
 use super::snapshotter::Snapshotter;
+use super::watch_hub::{CancelAll, Cancelled, Publish, Register, WatchHub, Watcher};
 use crate::kv::KvStore;
+use crate::kv::watch::Limits;
 use crate::metrics::Metrics;
 use crate::raft::{EntryData, Index, NodeId};
 use crate::snapshot::SnapshotDir;
@@ -30,6 +36,18 @@ pub struct StateMachineActor {
     /// Where snapshots installed from the leader are read from.
     snapshots: SnapshotDir,
     snapshotter: Addr<Snapshotter>,
+    watch: WatchPlumbing,
+}
+
+/// What the state machine needs to serve watchers: where new events go,
+/// how many watchers there are (counted up here on registration, down by
+/// the hub when one ends), the history window and the watcher limit.
+pub struct WatchPlumbing {
+    pub hub: Addr<WatchHub>,
+    pub count: Arc<AtomicUsize>,
+    pub limits: Limits,
+    pub max_watchers: usize,
+    pub next_id: u64,
 }
 
 impl StateMachineActor {
@@ -39,11 +57,28 @@ impl StateMachineActor {
         store: KvStore,
         snapshots: SnapshotDir,
         snapshotter: Addr<Snapshotter>,
+        watch: WatchPlumbing,
         metrics: Arc<Metrics>,
     ) -> Self {
-        metrics.applied_index.store(store.applied(), Relaxed);
+        let mut store = store;
+        let applied = store.applied();
+        store.history_mut().set_limits(watch.limits, applied);
+        metrics.applied_index.store(applied, Relaxed);
         metrics.keys.store(store.len() as u64, Relaxed);
-        StateMachineActor { id, store, metrics, snapshots, snapshotter }
+        StateMachineActor { id, store, metrics, snapshots, snapshotter, watch }
+    }
+
+    /// Hands the events of what was just applied to the watchers (when
+    /// there are any; with none, no events are collected at all).
+    fn publish(&mut self) {
+        let watching = self.watch.count.load(Relaxed) > 0;
+        let history = self.store.history_mut();
+        if watching {
+            let events = history.take_fresh();
+            self.watch.hub.do_send(Publish { events, applied: self.store.applied() });
+        } else {
+            history.set_publishing(false);
+        }
     }
 }
 
@@ -93,9 +128,35 @@ impl Handler<Apply> for StateMachineActor {
                 }
             }
         }
+        self.publish();
         self.metrics.applied_index.store(self.store.applied(), Relaxed);
         self.metrics.keys.store(self.store.len() as u64, Relaxed);
         debug!(target: T_SM, "node {} applied up to {}", self.id, self.store.applied());
+    }
+}
+
+impl Handler<StartWatch> for StateMachineActor {
+    type Result = Result<WatchStarted, WatchRefused>;
+
+    fn handle(&mut self, msg: StartWatch, _: &mut Self::Context) -> Self::Result {
+        let applied = self.store.applied();
+        let backlog = self
+            .store
+            .history()
+            .since(msg.from.unwrap_or(applied + 1))
+            .map_err(|c| WatchRefused::Compacted { oldest: c.oldest, current: applied })?;
+        // Counted here, before any later Apply, so the events of those are
+        // collected and published; the hub counts down when it ends.
+        if self.watch.count.fetch_add(1, Relaxed) >= self.watch.max_watchers {
+            self.watch.count.fetch_sub(1, Relaxed);
+            return Err(WatchRefused::TooMany { limit: self.watch.max_watchers });
+        }
+        self.store.history_mut().set_publishing(true);
+        self.watch.next_id += 1;
+        let watcher =
+            Watcher { id: self.watch.next_id, filter: msg.filter, after: applied, tx: msg.tx, cancel: msg.cancel };
+        self.watch.hub.do_send(Register(watcher));
+        Ok(WatchStarted { id: self.watch.next_id, backlog, after: applied })
     }
 }
 
@@ -159,10 +220,26 @@ impl Handler<Restore> for StateMachineActor {
             Ok(s) => s,
             Err(e) => panic!("cannot restore the installed snapshot: {e}"),
         };
-        let store = match KvStore::restore(meta.index, snap.data) {
+        let mut store = match KvStore::restore(meta.index, snap.data) {
             Ok(s) => s,
             Err(e) => panic!("cannot restore the installed snapshot {}: {e}", path.display()),
         };
+        store.history_mut().set_limits(self.watch.limits, meta.index);
+        // Watchers go on from the new state if its history covers the
+        // changes between the old state and it; otherwise they are ended
+        // (and told from where the history resumes).
+        if self.watch.count.load(Relaxed) > 0 {
+            store.history_mut().set_publishing(true);
+            match store.history().since(self.store.applied() + 1) {
+                Ok(missed) => {
+                    let events = missed.into_iter().collect();
+                    self.watch.hub.do_send(Publish { events, applied: meta.index });
+                }
+                Err(c) => {
+                    self.watch.hub.do_send(CancelAll(Cancelled::HistoryGap { oldest: c.oldest }));
+                }
+            }
+        }
         info!(
             target: T_SM,
             "node {} restored snapshot at {} (term {}): {} keys, replacing state at {}",

@@ -144,13 +144,13 @@ fn pem_certs(path: &Path, what: &str) -> Result<Vec<Certificate<'static>>, Strin
 impl HttpClient {
     pub fn new(timeout: Duration) -> Self {
         let connect_timeout = timeout.min(Duration::from_secs(2));
-        let agent = Self::agent(connect_timeout, timeout, None, None);
+        let agent = Self::agent(connect_timeout, Some(timeout), None, None);
         HttpClient { connect_timeout, timeout, token: None, headers: Vec::new(), roots: None, client_cert: None, agent }
     }
 
     fn agent(
         connect: Duration,
-        timeout: Duration,
+        timeout: Option<Duration>,
         roots: Option<&Arc<Vec<Certificate<'static>>>>,
         cert: Option<&ClientCert>,
     ) -> ureq::Agent {
@@ -164,7 +164,7 @@ impl HttpClient {
             .max_idle_connections(0)
             .max_idle_connections_per_host(0)
             .timeout_connect(Some(connect))
-            .timeout_global(Some(timeout))
+            .timeout_global(timeout)
             .user_agent(concat!("raftkv/", env!("CARGO_PKG_VERSION")))
             .tls_config(tls.build())
             .build()
@@ -172,7 +172,8 @@ impl HttpClient {
     }
 
     fn rebuild(mut self) -> Self {
-        self.agent = Self::agent(self.connect_timeout, self.timeout, self.roots.as_ref(), self.client_cert.as_ref());
+        self.agent =
+            Self::agent(self.connect_timeout, Some(self.timeout), self.roots.as_ref(), self.client_cert.as_ref());
         self
     }
 
@@ -242,6 +243,22 @@ impl HttpClient {
         body: Option<&[u8]>,
         extra: &[(&str, String)],
     ) -> Result<Response, ClientError> {
+        let mut resp = self.send(&self.agent, addr, method, path, body, extra)?;
+        let status = resp.status().as_u16();
+        let headers = header_list(&resp);
+        let body = resp.body_mut().with_config().limit(u64::MAX).read_to_vec().map_err(classify)?;
+        Ok(Response { status, headers, body })
+    }
+
+    fn send(
+        &self,
+        agent: &ureq::Agent,
+        addr: &str,
+        method: &str,
+        path: &str,
+        body: Option<&[u8]>,
+        extra: &[(&str, String)],
+    ) -> Result<ureq::http::Response<ureq::Body>, ClientError> {
         let url =
             if addr.contains("://") { format!("{addr}{path}") } else { format!("{}://{addr}{path}", self.scheme()) };
         let mut req = ureq::http::Request::builder().method(method).uri(&url);
@@ -259,20 +276,98 @@ impl HttpClient {
             req = req.header(*name, value.as_str());
         }
         let req = req.body(body).map_err(|e| ClientError::Connect(format!("{method} {url}: {e}")))?;
-        let mut resp = self.agent.run(req).map_err(|e| match classify(e) {
+        agent.run(req).map_err(|e| match classify(e) {
             ClientError::Protocol(e) if self.roots.is_none() => ClientError::Protocol(format!(
                 "{e} (a node with TLS on answers plain HTTP like this: give its CA, e.g. raftkvctl --cacert)"
             )),
             other => other,
-        })?;
+        })
+    }
+
+    /// Opens a watch (`GET path`, a `watch=true` URL) and reads its
+    /// Server-Sent Events as they come. The stream has no overall
+    /// deadline (the client's timeout bounds connecting and the head).
+    /// An answer other than 200 comes back whole, as `Err`.
+    pub fn watch(
+        &self,
+        addr: &str,
+        path: &str,
+        extra: &[(&str, String)],
+    ) -> Result<Result<EventStream, Response>, ClientError> {
+        let agent = Self::agent(self.connect_timeout, None, self.roots.as_ref(), self.client_cert.as_ref());
+        let mut resp = self.send(&agent, addr, "GET", path, None, extra)?;
         let status = resp.status().as_u16();
-        let headers = resp
-            .headers()
-            .iter()
-            .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
-            .collect();
-        let body = resp.body_mut().with_config().limit(u64::MAX).read_to_vec().map_err(classify)?;
-        Ok(Response { status, headers, body })
+        if status != 200 {
+            let headers = header_list(&resp);
+            let body = resp.body_mut().with_config().limit(1 << 20).read_to_vec().map_err(classify)?;
+            return Ok(Err(Response { status, headers, body }));
+        }
+        let reader: Box<dyn io::Read + Send> = Box::new(resp.into_body().into_reader());
+        Ok(Ok(EventStream { lines: io::BufReader::new(reader) }))
+    }
+}
+
+fn header_list(resp: &ureq::http::Response<ureq::Body>) -> Vec<(String, String)> {
+    resp.headers()
+        .iter()
+        .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .collect()
+}
+
+/// One Server-Sent Event of a watch: `put`, `delete`, `progress` or
+/// `cancelled`, its `id` (a revision seen whole) if it has one, and its
+/// data (a JSON object).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SseEvent {
+    pub event: String,
+    pub id: Option<u64>,
+    pub data: serde_json::Value,
+}
+
+/// The events of a watch, in the order the node sent them; ends when the
+/// node ends the stream or the connection breaks (an `Err`).
+pub struct EventStream {
+    lines: io::BufReader<Box<dyn io::Read + Send>>,
+}
+
+impl Iterator for EventStream {
+    type Item = io::Result<SseEvent>;
+
+    fn next(&mut self) -> Option<io::Result<SseEvent>> {
+        use io::BufRead;
+        let (mut event, mut id, mut data) = (String::from("message"), None, String::new());
+        let mut line = String::new();
+        loop {
+            line.clear();
+            match self.lines.read_line(&mut line) {
+                Ok(0) => return None,
+                Ok(_) => {}
+                Err(e) => return Some(Err(e)),
+            }
+            let l = line.trim_end_matches(['\r', '\n']);
+            if l.is_empty() {
+                if data.is_empty() {
+                    continue;
+                }
+                let data = match serde_json::from_str(&data) {
+                    Ok(v) => v,
+                    Err(e) => return Some(Err(io::Error::new(io::ErrorKind::InvalidData, format!("event data: {e}")))),
+                };
+                return Some(Ok(SseEvent { event, id, data }));
+            }
+            let (field, value) = l.split_once(':').map_or((l, ""), |(f, v)| (f, v.strip_prefix(' ').unwrap_or(v)));
+            match field {
+                "event" => event = value.to_string(),
+                "id" => id = value.parse().ok(),
+                "data" => {
+                    if !data.is_empty() {
+                        data.push('\n');
+                    }
+                    data.push_str(value);
+                }
+                _ => {}
+            }
+        }
     }
 }
 

@@ -80,6 +80,24 @@ pub struct Args {
     /// longest (default 10000).
     #[arg(long, env = "RAFTKV_MAX_SESSIONS")]
     pub max_sessions: Option<u64>,
+    /// Watch history: changes of the last this many revisions are kept for
+    /// watchers to start from (default 10000, one snapshot interval: the
+    /// window is in every snapshot; 0: watchers start now).
+    #[arg(long, env = "RAFTKV_WATCH_HISTORY_REVISIONS")]
+    pub watch_history_revisions: Option<u64>,
+    /// Watch history: at most this many bytes of it (default 8388608).
+    #[arg(long, env = "RAFTKV_WATCH_HISTORY_BYTES")]
+    pub watch_history_bytes: Option<u64>,
+    /// Batches of changes (what the node applied in one go) a watcher may
+    /// have unread before it is cancelled as too slow (default 1024).
+    #[arg(long, env = "RAFTKV_WATCH_BUFFER")]
+    pub watch_buffer: Option<usize>,
+    /// How often every watcher is told the current revision (default 5000).
+    #[arg(long, env = "RAFTKV_WATCH_PROGRESS_MS")]
+    pub watch_progress_ms: Option<u64>,
+    /// Most watchers (streams and blocking reads) at once (default 10000).
+    #[arg(long, env = "RAFTKV_MAX_WATCHERS")]
+    pub max_watchers: Option<usize>,
     /// Unanswered AppendEntries allowed per follower (default 1: on a fast
     /// network the CPU is the bottleneck, and fewer, larger batches win;
     /// raise it when round trips are long).
@@ -186,6 +204,11 @@ pub struct FileSettings {
     pub max_txn_ops: Option<usize>,
     pub session_ttl_ms: Option<u64>,
     pub max_sessions: Option<u64>,
+    pub watch_history_revisions: Option<u64>,
+    pub watch_history_bytes: Option<u64>,
+    pub watch_buffer: Option<usize>,
+    pub watch_progress_ms: Option<u64>,
+    pub max_watchers: Option<usize>,
     pub max_inflight: Option<usize>,
     pub http_workers: Option<usize>,
     pub max_pending: Option<usize>,
@@ -246,6 +269,10 @@ pub struct Settings {
     /// log by the leader that opens a session, so all nodes agree).
     pub session_ttl: Duration,
     pub max_sessions: u64,
+    pub watch_history: crate::kv::watch::Limits,
+    pub watch_buffer: usize,
+    pub watch_progress: Duration,
+    pub max_watchers: usize,
     pub max_inflight: usize,
     pub http_workers: usize,
     pub max_pending: usize,
@@ -374,6 +401,13 @@ impl Args {
             max_txn_ops: self.max_txn_ops.or(file.max_txn_ops).unwrap_or(128),
             session_ttl: ms(self.session_ttl_ms, file.session_ttl_ms, 600_000),
             max_sessions: self.max_sessions.or(file.max_sessions).unwrap_or(10_000),
+            watch_history: crate::kv::watch::Limits {
+                revisions: self.watch_history_revisions.or(file.watch_history_revisions).unwrap_or(10_000),
+                bytes: self.watch_history_bytes.or(file.watch_history_bytes).unwrap_or(8 << 20),
+            },
+            watch_buffer: self.watch_buffer.or(file.watch_buffer).unwrap_or(1024),
+            watch_progress: ms(self.watch_progress_ms, file.watch_progress_ms, 5000),
+            max_watchers: self.max_watchers.or(file.max_watchers).unwrap_or(10_000),
             max_inflight: self.max_inflight.or(file.max_inflight).unwrap_or(1),
             http_workers: self.http_workers.or(file.http_workers).unwrap_or(2),
             max_pending: self.max_pending.or(file.max_pending).unwrap_or(4096),
@@ -427,10 +461,14 @@ impl Args {
             || s.session_ttl.is_zero()
             || s.max_pending == 0
             || s.max_connections == 0
+            || s.watch_buffer == 0
+            || s.watch_progress.is_zero()
+            || s.max_watchers == 0
         {
             return Err(
-                "max_inflight, http_workers, max_value_bytes, max_txn_ops, max_sessions, session_ttl_ms, max_pending and \
-                 max_connections must be positive".into(),
+                "max_inflight, http_workers, max_value_bytes, max_txn_ops, max_sessions, session_ttl_ms, max_pending, \
+                 max_connections, watch_buffer, watch_progress_ms and max_watchers must be positive"
+                    .into(),
             );
         }
         if s.request_timeout.is_zero() || s.peer_timeout.is_zero() || s.request_read_timeout.is_zero() {

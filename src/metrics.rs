@@ -118,6 +118,10 @@ pub struct Metrics {
     // state machine
     pub applied_index: AtomicU64,
     pub keys: AtomicU64,
+    // watch hub
+    pub watchers: AtomicU64,
+    pub watch_events_sent: AtomicU64,
+    pub watchers_cancelled: AtomicU64,
     // storage
     pub fsync_seconds: Histogram,
     pub batch_entries: Histogram,
@@ -180,6 +184,9 @@ impl Metrics {
             learners: AtomicU64::new(0),
             applied_index: AtomicU64::new(0),
             keys: AtomicU64::new(0),
+            watchers: AtomicU64::new(0),
+            watch_events_sent: AtomicU64::new(0),
+            watchers_cancelled: AtomicU64::new(0),
             fsync_seconds: Histogram::new(SECONDS),
             batch_entries: Histogram::new(BATCH),
             wal_bytes: AtomicU64::new(0),
@@ -264,6 +271,19 @@ impl Metrics {
             self.stable_index.load(Relaxed),
         );
         g(&mut o, "raftkv_keys", "Number of keys in the store.", self.keys.load(Relaxed));
+        g(&mut o, "raftkv_watchers", "Watch streams and blocking reads open.", self.watchers.load(Relaxed));
+        c(
+            &mut o,
+            "raftkv_watch_events_sent_total",
+            "Events handed to watchers' buffers.",
+            self.watch_events_sent.load(Relaxed),
+        );
+        c(
+            &mut o,
+            "raftkv_watchers_cancelled_total",
+            "Watchers the node ended: too slow, or a gap in the history after installing a snapshot.",
+            self.watchers_cancelled.load(Relaxed),
+        );
         g(&mut o, "raftkv_voters", "Voters in the configuration in force.", self.voters.load(Relaxed));
         g(&mut o, "raftkv_learners", "Learners in the configuration in force.", self.learners.load(Relaxed));
         c(

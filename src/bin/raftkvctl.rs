@@ -119,6 +119,22 @@ enum Cmd {
         #[arg(long)]
         consistency: Option<String>,
     },
+    /// Follow the changes of a key (or of every key under --prefix) as they
+    /// happen, one line per change. A broken stream is resumed on the next
+    /// endpoint from the last revision seen, so no change is missed or
+    /// printed twice.
+    Watch {
+        #[arg(required_unless_present = "prefix", conflicts_with = "prefix")]
+        key: Option<String>,
+        #[arg(long)]
+        prefix: Option<String>,
+        /// Start at this revision (default: with the next change).
+        #[arg(long)]
+        from_revision: Option<u64>,
+        /// Stop after this many changes.
+        #[arg(long)]
+        count: Option<u64>,
+    },
     /// Role, term, indexes and lag of every endpoint.
     Status,
     /// Take a snapshot now on every endpoint (or --node only): each node
@@ -419,6 +435,101 @@ impl Ctl {
         Err(Failure::new(5, format!("no endpoint could serve the request; last: {last}")))
     }
 
+    /// `watch`: prints each change as it comes; resumes a broken stream on
+    /// the next endpoint from the revision after the last one seen whole.
+    fn watch(
+        &self,
+        key: Option<&str>,
+        prefix: Option<&str>,
+        mut from: Option<u64>,
+        count: Option<u64>,
+    ) -> Result<String, Failure> {
+        let base = match (key, prefix) {
+            (Some(k), _) => format!("/kv/{}?watch=true", encode_key(k)),
+            (None, p) => format!("/kv?prefix={}&watch=true", encode_query(p.unwrap_or(""))),
+        };
+        if from == Some(0) {
+            return Err(Failure::new(2, "--from-revision must be at least 1"));
+        }
+        let mut printed = 0u64;
+        let mut failures = 0usize;
+        let mut ep = 0usize;
+        loop {
+            if count.is_some_and(|c| printed >= c) {
+                return Ok(String::new());
+            }
+            let endpoint = &self.endpoints[ep % self.endpoints.len()];
+            let path = match from {
+                Some(f) => format!("{base}&from_revision={f}"),
+                None => base.clone(),
+            };
+            let stream = match self.http.watch(endpoint, &path, &[]) {
+                Ok(Ok(s)) => s,
+                Ok(Err(r)) if r.status == 503 => {
+                    failures += 1;
+                    ep += 1;
+                    if failures >= 3 * self.endpoints.len() {
+                        return Err(Failure::new(
+                            5,
+                            format!("no endpoint serves watches; last: {}", failure_of(&r).message),
+                        ));
+                    }
+                    continue;
+                }
+                Ok(Err(r)) => return Err(failure_of(&r)),
+                Err(e) => {
+                    failures += 1;
+                    ep += 1;
+                    if failures >= 3 * self.endpoints.len() {
+                        return Err(Failure::new(
+                            5,
+                            format!("no endpoint could serve the watch; last: {endpoint}: {e}"),
+                        ));
+                    }
+                    std::thread::sleep(Duration::from_millis(200));
+                    continue;
+                }
+            };
+            failures = 0;
+            let mut pending: Vec<Value> = Vec::new();
+            for ev in stream {
+                let Ok(ev) = ev else { break };
+                match ev.event.as_str() {
+                    "put" | "delete" => pending.push(ev.data),
+                    "cancelled" => {
+                        eprintln!("raftkvctl: {endpoint} ended the watch ({}); resuming", text(&ev.data["reason"]));
+                        from = ev.data["resume_from_revision"].as_u64().or(from);
+                        break;
+                    }
+                    _ => {}
+                }
+                // Printed when its revision is whole (the event with the id).
+                if let Some(id) = ev.id {
+                    for e in pending.drain(..) {
+                        if count.is_some_and(|c| printed >= c) {
+                            return Ok(String::new());
+                        }
+                        print_out(&self.render(&e, || match e["type"].as_str() {
+                            Some("put") => {
+                                format!("PUT {} = {} (revision {})", text(&e["key"]), text(&e["value"]), e["revision"])
+                            }
+                            _ => format!("DELETE {} (revision {})", text(&e["key"]), e["revision"]),
+                        }));
+                        printed += 1;
+                    }
+                    from = Some(id + 1);
+                    if count.is_some_and(|c| printed >= c) {
+                        return Ok(String::new());
+                    }
+                }
+            }
+            if count.is_some_and(|c| printed >= c) {
+                return Ok(String::new());
+            }
+            ep += 1;
+        }
+    }
+
     fn ok(&self, r: Response) -> Result<Value, Failure> {
         if (200..300).contains(&r.status) { Ok(r.json()) } else { Err(failure_of(&r)) }
     }
@@ -484,6 +595,9 @@ impl Ctl {
                 }
                 print_out(&out);
                 Err(Failure::new(4, "the comparisons did not hold; the failure operations ran"))
+            }
+            Cmd::Watch { key, prefix, from_revision, count } => {
+                self.watch(key.as_deref(), prefix.as_deref(), *from_revision, *count)
             }
             Cmd::Status => self.status(),
             Cmd::Snapshot { node } => self.snapshot(node.as_deref()),

@@ -15,11 +15,12 @@ use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
 use super::errors::ApiError;
-use super::{AppState, Forwarder};
+use super::{AppState, Forwarder, watch};
 use crate::actors::consensus::ConsensusActor;
 use crate::actors::messages::{ClientRead, ClientWrite, LocalRead};
 use crate::actors::{ClientError, ClientOutcome, ClientReply, ClientResult};
 use crate::auth::Role;
+use crate::kv::watch::Filter;
 use crate::kv::{Command, CommandResult, Condition, Item, Query, QueryResult};
 use crate::raft::NodeId;
 
@@ -553,9 +554,35 @@ pub async fn get_key(
     }
     state.authorize(&req, Role::Read)?;
     let key = parse_key(&req)?;
-    let p = params(&req, &["consistency"])?;
-    let c = consistency(&p)?;
-    read(&state, &fwd, &req, Query::Get { key }, c).await
+    let p = params(&req, &["consistency", "watch", "from_revision", "wait", "after_revision"])?;
+    let filter = Filter::Key(key.clone());
+    read_watch_or_wait(&state, &fwd, &req, &p, Query::Get { key }, filter).await
+}
+
+/// A read, a watch (`watch=true`) or a blocking read (`after_revision`).
+async fn read_watch_or_wait(
+    state: &AppState,
+    fwd: &Forwarder,
+    req: &HttpRequest,
+    p: &BTreeMap<String, String>,
+    query: Query,
+    filter: Filter,
+) -> Result<HttpResponse, ApiError> {
+    let mode = watch::mode(p)?;
+    let c = consistency(p)?;
+    match mode {
+        watch::Mode::Read => read(state, fwd, req, query, c).await,
+        watch::Mode::Watch => watch::stream(state, req, filter, p).await,
+        watch::Mode::Wait { after, wait } => {
+            let seen = watch::block(state, filter, after, wait).await?;
+            let mut resp = read(state, fwd, req, query, c).await?;
+            resp.headers_mut().insert(
+                actix_web::http::header::HeaderName::from_static(watch::REVISION_HEADER),
+                actix_web::http::header::HeaderValue::from(seen),
+            );
+            Ok(resp)
+        }
+    }
 }
 
 /// `PUT /kv/{key}` with `{"value": ..., "if_value"?: ..., "if_revision"?: ...}`
@@ -594,15 +621,15 @@ pub async fn list(
     fwd: web::Data<Forwarder>,
 ) -> Result<HttpResponse, ApiError> {
     state.authorize(&req, Role::Read)?;
-    let p = params(&req, &["prefix", "limit", "consistency"])?;
-    let c = consistency(&p)?;
+    let p = params(&req, &["prefix", "limit", "consistency", "watch", "from_revision", "wait", "after_revision"])?;
     let limit = match u64_param(&p, "limit")? {
         Some(0) => return Err(ApiError::bad_request("invalid_parameter", "limit must be at least 1")),
         Some(n) => Some(n as usize),
         None => None,
     };
     let prefix = p.get("prefix").cloned().unwrap_or_default();
-    read(&state, &fwd, &req, Query::List { prefix, limit }, c).await
+    let filter = Filter::Prefix(prefix.clone());
+    read_watch_or_wait(&state, &fwd, &req, &p, Query::List { prefix, limit }, filter).await
 }
 
 #[cfg(test)]

@@ -23,6 +23,7 @@ pub mod conn_watch;
 pub mod errors;
 pub mod raft_rpc;
 pub mod txn;
+pub mod watch;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

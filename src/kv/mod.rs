@@ -17,8 +17,10 @@ use crate::raft::Index;
 use crate::state_machine::{Frozen, StateMachine};
 
 pub mod session;
+pub mod watch;
 
 use session::{Check, Sessions};
+use watch::{Event, EventKind, History};
 
 /// A condition on the current state of a key.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -447,6 +449,8 @@ pub struct KvStore {
     map: OrdMap<String, Versioned>,
     /// Client sessions: the last sequence number and response of each.
     sessions: Sessions,
+    /// Recent changes, for watchers.
+    history: History,
     /// Index of the last log entry applied. Invariant: entries are applied
     /// in index order, each once.
     applied: Index,
@@ -479,10 +483,35 @@ impl KvStore {
         &self.sessions
     }
 
+    pub fn history(&self) -> &History {
+        &self.history
+    }
+
+    pub fn history_mut(&mut self) -> &mut History {
+        &mut self.history
+    }
+
     /// Applies the command of log entry `index`.
     pub fn apply(&mut self, index: Index, cmd: Command) -> CommandResult {
         self.skip(index);
-        self.execute(index, cmd)
+        let result = self.execute(index, cmd);
+        self.history.trim(index);
+        result
+    }
+
+    /// Sets `key` to `value` at revision `index`, recording the event.
+    fn set(&mut self, index: Index, key: String, value: String) {
+        let old = self.map.insert(key.clone(), Versioned { value: value.clone(), revision: index });
+        let prev_revision = old.map_or(0, |v| v.revision);
+        self.history.push(Event::new(EventKind::Put, key, Some(value), index, prev_revision));
+    }
+
+    /// Removes `key` at revision `index`; whether it existed.
+    fn remove(&mut self, index: Index, key: &str) -> bool {
+        let Some(old) = self.map.remove(key) else { return false };
+        let event = Event::new(EventKind::Delete, key.to_string(), None, index, old.revision);
+        self.history.push(event);
+        true
     }
 
     fn execute(&mut self, index: Index, cmd: Command) -> CommandResult {
@@ -500,7 +529,7 @@ impl KvStore {
                     let current = self.item(&key);
                     return CommandResult::PreconditionFailed { key, current };
                 }
-                self.map.insert(key.clone(), Versioned { value, revision: index });
+                self.set(index, key.clone(), value);
                 CommandResult::Put { key, revision: index }
             }
             Command::Delete { key, if_revision } => {
@@ -511,7 +540,7 @@ impl KvStore {
                         return CommandResult::PreconditionFailed { key, current };
                     }
                 }
-                let deleted = self.map.remove(&key).is_some();
+                let deleted = self.remove(index, &key);
                 CommandResult::Deleted { key, deleted, revision: index }
             }
             Command::Txn(t) => self.apply_txn(index, t),
@@ -547,11 +576,11 @@ impl KvStore {
             .into_iter()
             .map(|op| match op {
                 TxnOp::Put { key, value } => {
-                    self.map.insert(key.clone(), Versioned { value, revision: index });
+                    self.set(index, key.clone(), value);
                     OpResult::Put { key, revision: index }
                 }
                 TxnOp::Delete { key } => {
-                    let deleted = self.map.remove(&key).is_some();
+                    let deleted = self.remove(index, &key);
                     OpResult::Delete { key, deleted }
                 }
                 TxnOp::Get { key } => {
@@ -592,7 +621,9 @@ impl KvStore {
 /// Snapshot body: `applied` (u64), key count (u64), then per key in key
 /// order: key, value (u32 length + bytes each) and revision (u64), all LE;
 /// then the session table ([`Sessions::write_to`]; absent in snapshots of
-/// releases before sessions, which restore with none).
+/// releases before sessions, which restore with none); then the watch
+/// history ([`History::write_to`]; absent before watches: it then starts
+/// at the snapshot's index).
 const SNAPSHOT_CHUNK: usize = 64 << 10;
 
 /// A frozen copy of the store: shares structure with the live map, which
@@ -618,6 +649,7 @@ impl Frozen for FrozenKv {
             }
         }
         self.0.sessions.write_to(&mut buf);
+        self.0.history.write_to(&mut buf, SNAPSHOT_CHUNK, out)?;
         out.write_all(&buf)
     }
 }
@@ -675,8 +707,13 @@ impl StateMachine for KvStore {
         if let Some(id) = sessions.max_id().filter(|&id| id > applied) {
             return Err(format!("session {id} is newer than the snapshot's index {applied}"));
         }
+        let history = if r.is_empty() {
+            History::starting_after(applied)
+        } else {
+            History::read_from(&mut r, applied).map_err(err)?
+        };
         r.finish("snapshot").map_err(err)?;
-        Ok(KvStore { map, sessions, applied })
+        Ok(KvStore { map, sessions, history, applied })
     }
 }
 
@@ -805,10 +842,64 @@ mod tests {
         let QueryResult::Items { items: got, .. } = back.query(&all) else { panic!() };
         assert_eq!(got, want);
         assert!(got.iter().all(|i| i.key != "later" && i.key != "k5"));
+        // The watch history travels with the state: 300 puts and a delete.
+        let events = back.history().since(1).unwrap();
+        assert_eq!(events, frozen.0.history().since(1).unwrap());
+        assert_eq!(events.len(), 301);
+        let last = events.last().unwrap();
+        assert_eq!(
+            (last.kind, last.key.as_str(), last.revision, last.prev_revision),
+            (EventKind::Delete, "k5", 301, 296)
+        );
         assert!(<KvStore as StateMachine>::restore(300, Bytes::from(body.clone())).is_err());
         for cut in [0, 8, 17, body.len() - 1] {
             assert!(<KvStore as StateMachine>::restore(301, Bytes::from(body[..cut].to_vec())).is_err());
         }
+    }
+
+    #[test]
+    fn only_changes_make_events_and_a_transaction_makes_one_per_key() {
+        let mut s = KvStore::new();
+        s.apply(1, put("a", "1", Condition::None));
+        s.apply(2, put("a", "x", Condition::IfValue("nope".into()))); // condition fails
+        s.apply(3, Command::Delete { key: "missing".into(), if_revision: None }); // nothing to delete
+        s.skip(4); // a no-op entry
+        s.apply(
+            5,
+            txn(vec![], vec![tput("a", "2"), tput("b", "3"), tget("a"), TxnOp::Delete { key: "b".into() }], vec![]),
+        );
+        s.apply(
+            6,
+            txn(vec![Compare::Exists { key: "zz".into(), exists: true }], vec![tput("c", "no")], vec![tget("a")]),
+        );
+        let seen: Vec<_> = s
+            .history()
+            .since(1)
+            .unwrap()
+            .iter()
+            .map(|e| (e.revision, e.kind, e.key.clone(), e.value.clone(), e.prev_revision))
+            .collect();
+        assert_eq!(
+            seen,
+            vec![
+                (1, EventKind::Put, "a".into(), Some("1".into()), 0),
+                (5, EventKind::Put, "a".into(), Some("2".into()), 1),
+                (5, EventKind::Put, "b".into(), Some("3".into()), 0),
+                (5, EventKind::Delete, "b".into(), None, 5),
+            ]
+        );
+        // Live watchers get the same events, only while publishing is on.
+        assert!(s.history_mut().take_fresh().is_empty());
+        s.history_mut().set_publishing(true);
+        s.apply(7, put("d", "4", Condition::None));
+        let fresh = s.history_mut().take_fresh();
+        assert_eq!(fresh.iter().map(|e| e.revision).collect::<Vec<_>>(), [7]);
+        // And the window, including a key put and deleted at one revision,
+        // goes through a snapshot.
+        let mut body = Vec::new();
+        StateMachine::freeze(&s).write_to(&mut body).unwrap();
+        let back = <KvStore as StateMachine>::restore(7, Bytes::from(body)).unwrap();
+        assert_eq!(back.history().since(1).unwrap(), s.history().since(1).unwrap());
     }
 
     fn txn(compare: Vec<Compare>, success: Vec<TxnOp>, failure: Vec<TxnOp>) -> Command {

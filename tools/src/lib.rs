@@ -6,12 +6,14 @@
 //! * `raftkv-bench` — raftkv against etcd and a ceiling with `wrk`
 //!   (`make bench`); `raftkv-ceiling` — that ceiling, an unreplicated
 //!   in-memory server of the same API; `raftkv-soak` — snapshots and
-//!   compaction over time. `process` — their child processes.
+//!   compaction over time. `process` — their child processes; `watchers`
+//!   — watch streams for the benchmark.
 
 use std::path::PathBuf;
 
 pub mod chaos;
 pub mod process;
+pub mod watchers;
 
 /// The `raftkv` node binary of this build: beside the running executable,
 /// or one level up for test executables (`target/<profile>/deps/`).

@@ -22,6 +22,7 @@ use clap::Parser;
 use raftkv::auth::{self, Role};
 use raftkv::client::HttpClient;
 use raftkv_tools::process::{Proc, wait_until};
+use raftkv_tools::watchers::{self, b64};
 use serde_json::{Value, json};
 
 #[derive(Parser, Debug)]
@@ -61,6 +62,13 @@ struct Args {
     /// Only the loads at these connection counts, e.g. "64" (default: all).
     #[arg(long, value_delimiter = ',')]
     conns: Vec<u32>,
+    /// Rounds of the watcher loads (PUT at 64 connections with no, idle,
+    /// hot and unread watchers; event delivery latency); 0: none.
+    #[arg(long, default_value_t = 1)]
+    watch_rounds: usize,
+    /// Only the watcher loads (raftkv and etcd).
+    #[arg(long)]
+    only_watch: bool,
     /// A heading for this run in the report.
     #[arg(long, default_value = "")]
     label: String,
@@ -105,23 +113,6 @@ fn diagnose(http: &HttpClient, addrs: &[String], logs: &[PathBuf]) -> String {
         let _ = writeln!(out, "--- {} (last 40 of {} lines)", log.display(), lines.len());
         for l in &lines[lines.len().saturating_sub(40)..] {
             let _ = writeln!(out, "{l}");
-        }
-    }
-    out
-}
-
-fn b64(input: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in input.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
-        let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
         }
     }
     out
@@ -532,7 +523,7 @@ fn main() {
         (Load::PutOwnThread(true), 64),
     ]
     .into_iter()
-    .filter(|(_, c)| args.conns.is_empty() || args.conns.contains(c))
+    .filter(|(_, c)| (args.conns.is_empty() || args.conns.contains(c)) && !args.only_watch)
     .collect();
     // Every round's measure of each (load, conns, system), in round order.
     let mut results: BTreeMap<(Load, u32, System), Vec<Measure>> = BTreeMap::new();
@@ -565,6 +556,9 @@ fn main() {
     // first), time the first acknowledged write through a survivor ---
     let mut recoveries = Vec::new();
     let mut handovers = Vec::new();
+    let watch_md =
+        watch_section(&dir, &targets, secs, if args.only_watch { args.watch_rounds.max(1) } else { args.watch_rounds });
+    let kills = if args.only_watch { 0 } else { kills };
     for k in 0..2 * kills {
         let graceful = k >= kills;
         let how = if graceful { "SIGTERM" } else { "kill -9" };
@@ -701,18 +695,21 @@ fn main() {
             let _ = writeln!(md, "| {} | {conns} | {} | {cells} | {ratio} |", load.name(), t.sys.name());
         }
     }
-    let _ = writeln!(
-        md,
-        "\nLeader `kill -9` → first acknowledged write (default settings, {} kills): {}.",
-        recoveries.len(),
-        spread(&mut recoveries)
-    );
-    let _ = writeln!(
-        md,
-        "Leader `SIGTERM` (hands leadership over, then exits) → first acknowledged write ({} stops): {}.",
-        handovers.len(),
-        spread(&mut handovers)
-    );
+    if !recoveries.is_empty() {
+        let _ = writeln!(
+            md,
+            "\nLeader `kill -9` → first acknowledged write (default settings, {} kills): {}.",
+            recoveries.len(),
+            spread(&mut recoveries)
+        );
+        let _ = writeln!(
+            md,
+            "Leader `SIGTERM` (hands leadership over, then exits) → first acknowledged write ({} stops): {}.",
+            handovers.len(),
+            spread(&mut handovers)
+        );
+    }
+    md.push_str(&watch_md);
     print!("{md}");
     if args.report.as_os_str() != "-" {
         let mut f = fs::OpenOptions::new().create(true).append(true).open(&args.report).unwrap();
@@ -720,4 +717,143 @@ fn main() {
         eprintln!("appended to {}", args.report.display());
     }
     eprintln!("logs and scripts in {}", dir.display());
+}
+
+/// Watchers held open while PUTs run at 64 connections.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+enum WatchLoad {
+    None,
+    /// 1,000 watchers of keys nobody writes.
+    Idle,
+    /// 100 watchers of 9 hot prefixes (`key1`..`key9`, each about 11% of
+    /// the keys written), read as fast as events come.
+    Hot,
+    /// 100 watchers of every written key that never read.
+    Unread,
+}
+
+impl WatchLoad {
+    fn name(self) -> &'static str {
+        match self {
+            WatchLoad::None => "none",
+            WatchLoad::Idle => "1,000 idle",
+            WatchLoad::Hot => "100 on hot prefixes, reading",
+            WatchLoad::Unread => "100 on every key, never reading",
+        }
+    }
+
+    fn start(self, kind: watchers::Kind, addr: &str) -> Option<watchers::Watchers> {
+        use watchers::{Follow, Watchers};
+        match self {
+            WatchLoad::None => None,
+            WatchLoad::Idle => Some(Watchers::start(kind, addr, 1000, false, |i| Follow::Key(format!("idle/{i}")))),
+            WatchLoad::Hot => {
+                Some(Watchers::start(kind, addr, 100, true, |i| Follow::Prefix(format!("key{}", i % 9 + 1))))
+            }
+            WatchLoad::Unread => Some(Watchers::start(kind, addr, 100, false, |_| Follow::Prefix("key".into()))),
+        }
+    }
+}
+
+/// PUT c64 under each watcher load, raftkv and etcd side by side, and the
+/// delivery latency of events; as a markdown section.
+fn watch_section(dir: &Path, targets: &[Target], secs: u64, rounds: usize) -> String {
+    let systems: Vec<(&Target, watchers::Kind)> = targets
+        .iter()
+        .filter_map(|t| match t.sys {
+            System::Raftkv => Some((t, watchers::Kind::Raftkv)),
+            System::Etcd => Some((t, watchers::Kind::Etcd)),
+            _ => None,
+        })
+        .collect();
+    if rounds == 0 || systems.is_empty() {
+        return String::new();
+    }
+    let loads = [WatchLoad::None, WatchLoad::Idle, WatchLoad::Hot, WatchLoad::Unread];
+    let mut results: BTreeMap<(WatchLoad, System), Vec<(Measure, u64)>> = BTreeMap::new();
+    for round in 0..rounds {
+        for &load in &loads {
+            let order: Vec<_> = if round % 2 == 0 { systems.iter().collect() } else { systems.iter().rev().collect() };
+            for &&(t, kind) in &order {
+                eprintln!("{} PUT c=64 with watchers: {} (round {}) ...", t.sys.name(), load.name(), round + 1);
+                let w = load.start(kind, &t.addr);
+                let m = run_wrk(dir, t, Load::Put, 64, secs);
+                let bytes = w.map_or(0, watchers::Watchers::stop);
+                let [rps, p50, p99, _, cpu, errors] = m.cells();
+                eprintln!(
+                    "  {rps} req/s, p50 {p50} ms, p99 {p99} ms, {cpu} µs CPU/op, {errors} errors, {bytes} bytes to watchers"
+                );
+                results.entry((load, t.sys)).or_default().push((m, bytes));
+            }
+        }
+    }
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "\nWatchers ({rounds} round(s), {secs} s each, the median round shown): PUT at 64 connections while watch \
+         streams are held open on the leader (raftkv: `GET ?watch=true`; etcd: `POST /v3/watch` on its JSON gateway). \
+         Ratios are against the same system with no watchers.\n"
+    );
+    let _ =
+        writeln!(md, "| watchers | system | req/s | p50 ms | p99 ms | CPU µs/op | errors | MB to watchers | vs none |");
+    let _ = writeln!(md, "|---|---|---:|---:|---:|---:|---:|---:|---|");
+    for &load in &loads {
+        for &(t, _) in &systems {
+            let Some(all) = results.get(&(load, t.sys)) else { continue };
+            let ms: Vec<Measure> = all.iter().map(|(m, _)| m.clone()).collect();
+            let m = median(&ms);
+            let bytes = all.iter().map(|(_, b)| *b).max().unwrap_or(0);
+            let none = results
+                .get(&(WatchLoad::None, t.sys))
+                .map(|n| median(&n.iter().map(|(m, _)| m.clone()).collect::<Vec<_>>()));
+            let vs = match none {
+                Some(n) if load != WatchLoad::None => {
+                    format!("{:.2}× throughput, p99 {:.2}×", m.rps / n.rps, m.p99_us / n.p99_us)
+                }
+                _ => String::new(),
+            };
+            let [rps, p50, p99, _, cpu, errors] = m.cells();
+            let _ = writeln!(
+                md,
+                "| {} | {} | {rps} | {p50} | {p99} | {cpu} | {errors} | {:.1} | {vs} |",
+                load.name(),
+                t.sys.name(),
+                bytes as f64 / 1e6
+            );
+        }
+    }
+    // Delivery: PUTs one at a time, each timed from its acknowledgement to
+    // its event on a watcher of the key (with the hot watchers open).
+    let _ = writeln!(
+        md,
+        "\nEvent delivery, PUT acknowledged → event read by a watcher of the key (500 PUTs one at a time, 100 hot watchers open):\n"
+    );
+    for &(t, kind) in &systems {
+        let w = WatchLoad::Hot.start(kind, &t.addr);
+        let http = t.http.clone();
+        let (mut lat, early) = watchers::delivery_latency(kind, &t.addr, "lat", 500, |v| {
+            let r = match t.sys {
+                System::Etcd => {
+                    let body = json!({"key": b64(b"lat"), "value": b64(v.as_bytes())});
+                    http.request(&t.addr, "POST", "/v3/kv/put", Some(body.to_string().as_bytes()))
+                }
+                _ => http.put_json(&t.addr, "/kv/lat", &json!({"value": v})),
+            };
+            assert!(r.is_ok_and(|r| r.status == 200), "latency probe PUT on {}", t.sys.name());
+        });
+        if let Some(w) = w {
+            w.stop();
+        }
+        lat.sort_by(f64::total_cmp);
+        let q = |p: f64| lat[((lat.len() - 1) as f64 * p) as usize];
+        let _ = writeln!(
+            md,
+            "* {}: p50 {:.0} µs, p99 {:.0} µs, max {:.0} µs ({early} events were read before the acknowledgement came)",
+            t.sys.name(),
+            q(0.5),
+            q(0.99),
+            q(1.0)
+        );
+    }
+    md
 }

@@ -9,10 +9,13 @@
 //! * `run.rs` — clients, nemesis, report.
 //! * `workloads.rs` — a counter of CAS loops and a bank of transactions,
 //!   both in client sessions: exactly-once writes and atomicity.
+//! * `watchers.rs` — watch streams through the faults, checked against the
+//!   whole history and the final state.
 
 pub mod checker;
 pub mod cluster;
 pub mod run;
+pub mod watchers;
 pub mod workloads;
 
 pub use run::{ChaosConfig, Fault, PlantedBug, Report, parse_faults, run};

@@ -15,6 +15,7 @@ use serde_json::json;
 
 use super::checker::{self, Action, HistoryOp, Verdict};
 use super::cluster::{ChaosCluster, remove_stale_rules};
+use super::watchers;
 use super::workloads::{self, Env, Stats};
 use raftkv::client::{ClientError, HttpClient};
 use raftkv::raft::SplitMix64;
@@ -541,6 +542,22 @@ fn nemesis(cluster: &Mutex<ChaosCluster>, cfg: &ChaosConfig, shared: &Shared, en
 /// A removal whose answer was lost may have committed after all, and a
 /// node whose join never got through is no member: once healed, the
 /// leader's configuration says who is a member; the others are retired.
+/// The leader's commit index once the healed cluster has one.
+fn final_revision(c: &ChaosCluster, http: &HttpClient) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Some(l) = c.leader()
+            && let Ok(r) = http.get(&c.addr(l), "/status")
+            && r.status == 200
+            && let Some(i) = r.json()["commit_index"].as_u64()
+        {
+            return i;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    0
+}
+
 fn reconcile_members(c: &mut ChaosCluster) {
     let http = c.client(Duration::from_secs(2));
     let until = Instant::now() + Duration::from_secs(30);
@@ -648,26 +665,40 @@ pub fn run(cfg: &ChaosConfig) -> Result<Report, String> {
         stats: Mutex::new(Stats::default()),
     };
     let end = Instant::now() + cfg.duration;
-    let faults = std::thread::scope(|s| {
+    // Set once healed: the revision every watcher must reach.
+    let watch_target = std::sync::atomic::AtomicU64::new(0);
+    let give_up = end + Duration::from_secs(120);
+    let (faults, watched) = std::thread::scope(|s| {
+        let mut clients = Vec::new();
         for c in 0..cfg.clients {
             let shared = &shared;
             let seed = cfg.seed.wrapping_mul(31).wrapping_add(c as u64 + 1);
-            s.spawn(move || client_loop(c, cfg, shared, seed));
+            clients.push(s.spawn(move || client_loop(c, cfg, shared, seed)));
         }
         let seed = cfg.seed.wrapping_mul(131);
         let shared = &shared;
         for w in 0..2 {
-            s.spawn(move || workloads::counter_client(&shared.env(), seed + w));
-            s.spawn(move || workloads::bank_client(&shared.env(), seed + 10 + w));
+            clients.push(s.spawn(move || workloads::counter_client(&shared.env(), seed + w)));
+            clients.push(s.spawn(move || workloads::bank_client(&shared.env(), seed + 10 + w)));
         }
-        s.spawn(move || workloads::auditor(&shared.env(), seed + 20));
+        clients.push(s.spawn(move || workloads::auditor(&shared.env(), seed + 20)));
+        let target = &watch_target;
+        let watchers: Vec<_> =
+            (0..3).map(|w| s.spawn(move || watchers::watcher(&shared.env(), seed + 30 + w, target, give_up))).collect();
         let faults = nemesis(&cluster, cfg, shared, end);
         std::thread::sleep(end.saturating_duration_since(Instant::now()));
         // Heal before the clients stop: a session write in flight then gets
         // its answer instead of running out of patience.
         let healed = cluster.lock().unwrap().heal_all().map_err(|e| e.to_string());
         shared.stop.store(true, Ordering::Relaxed);
-        (faults, healed)
+        for c in clients {
+            let _ = c.join();
+        }
+        // Every write is done: the watchers follow up to what is committed.
+        let target = final_revision(&cluster.lock().unwrap(), &shared.http);
+        watch_target.store(target.max(1), Ordering::SeqCst);
+        let watched: Vec<watchers::Watched> = watchers.into_iter().map(|w| w.join().unwrap_or_default()).collect();
+        ((faults, healed), (target, watched))
     });
     let (faults, healed) = faults;
     healed?;
@@ -714,6 +745,27 @@ pub fn run(cfg: &ChaosConfig) -> Result<Report, String> {
     }
     let member_addrs: Vec<String> = c.ids().iter().map(|&id| c.addr(id)).collect();
     let (workloads_ok, workloads_summary) = workloads::final_check(&shared.env(), &member_addrs);
+    // The whole history of the watched keys, read once more now that all
+    // is quiet, against what each watcher saw during the faults.
+    let (watch_target, watched) = watched;
+    let truth = watchers::watcher(
+        &shared.env(),
+        cfg.seed ^ 0x5eed,
+        &std::sync::atomic::AtomicU64::new(watch_target.max(1)),
+        Instant::now() + Duration::from_secs(60),
+    );
+    let finals: BTreeMap<String, Option<String>> = {
+        let h = shared.history.lock().unwrap();
+        h.iter()
+            .filter(|r| r.client == usize::MAX && r.outcome == Outcome::Ok)
+            .filter_map(|r| Some((r.key.clone(), r.read.clone()?)))
+            .collect()
+    };
+    let below = |c: &Vec<watchers::Change>| c.iter().filter(|c| c.0 <= watch_target).cloned().collect::<Vec<_>>();
+    let watched: Vec<watchers::Watched> =
+        watched.into_iter().map(|w| watchers::Watched { changes: below(&w.changes), ..w }).collect();
+    let truth_changes = below(&truth.changes);
+    let (watch_ok, watch_summary) = watchers::check(&truth_changes, watch_target, &watched, &finals);
     let workload_counts = {
         let st = shared.stats.lock().unwrap();
         (st.counter_acked, st.transfers)
@@ -806,7 +858,8 @@ pub fn run(cfg: &ChaosConfig) -> Result<Report, String> {
         snapshots.0, snapshots.1, snapshots.2
     );
     s.push_str(&workloads_summary);
-    let mut pass = final_reads_ok && unexpected == 0 && workloads_ok;
+    s.push_str(&watch_summary);
+    let mut pass = final_reads_ok && unexpected == 0 && workloads_ok && watch_ok;
     if unexpected > 0 {
         let _ =
             writeln!(s, "unexpected responses: {unexpected} (see history.jsonl, detail starting with 'unexpected')");
