@@ -242,7 +242,8 @@ fn the_history_window_survives_compaction_and_snapshots_and_refuses_older_revisi
 
 #[test]
 fn a_watcher_that_does_not_read_is_cancelled_and_can_resume() {
-    let c = Cluster::start_with(3, &["--watch-buffer", "4", "--max-value-bytes", "1048576"]);
+    // A history window large enough to resume within 100 large values.
+    let c = Cluster::start_with(3, &["--watch-buffer", "4", "--watch-history-bytes", "104857600"]);
     let leader = c.wait_leader(T);
     let from = c.put(leader, "big", "0").json()["revision"].as_u64().unwrap();
     let mut stream = match c.client.watch(&c.addr(leader), "/kv/big?watch=true", &[]).unwrap() {

@@ -638,7 +638,13 @@ pub fn run(cfg: &ChaosConfig) -> Result<Report, String> {
     let pid = std::process::id();
     let run_no = RUNS.fetch_add(1, Ordering::Relaxed);
     let net = (20 + (pid % 200) as u8, 251 + (run_no % 5) as u8);
-    let mut args = vec!["--request-timeout-ms".to_string(), "1500".into(), "--log".into(), "info".into()];
+    // The watchers follow from revision 1: a window that holds the whole run.
+    let mut args: Vec<String> =
+        ["--request-timeout-ms", "1500", "--log", "info", "--watch-history-revisions", "100000000"]
+            .into_iter()
+            .chain(["--watch-history-bytes", "4294967296"])
+            .map(String::from)
+            .collect();
     args.extend(cfg.extra_node_args.iter().cloned());
     let mut cluster = ChaosCluster::new(&cfg.binary, cfg.nodes, &cfg.out_dir, net, args).map_err(|e| e.to_string())?;
     if cfg.tls {
@@ -765,7 +771,11 @@ pub fn run(cfg: &ChaosConfig) -> Result<Report, String> {
     let watched: Vec<watchers::Watched> =
         watched.into_iter().map(|w| watchers::Watched { changes: below(&w.changes), ..w }).collect();
     let truth_changes = below(&truth.changes);
-    let (watch_ok, watch_summary) = watchers::check(&truth_changes, watch_target, &watched, &finals);
+    let (mut watch_ok, mut watch_summary) = watchers::check(&truth_changes, watch_target, &watched, &finals);
+    for g in &truth.gaps {
+        watch_ok = false;
+        let _ = writeln!(watch_summary, "  the whole history could not be read: {g}");
+    }
     let workload_counts = {
         let st = shared.stats.lock().unwrap();
         (st.counter_acked, st.transfers)
