@@ -286,7 +286,22 @@ impl Stream {
         }
     }
 
+    /// The next piece of the stream, never empty: an empty chunk would end
+    /// the HTTP body (it is the terminating chunk of chunked encoding), and
+    /// one comes whenever everything received was already sent — e.g. a
+    /// watch resumed from a revision a lagging follower has not reached:
+    /// the hub sends what follows its applied index, the stream skips what
+    /// is before `from`.
     async fn next_chunk(&mut self) -> Option<Bytes> {
+        loop {
+            let chunk = self.next_piece().await?;
+            if !chunk.is_empty() {
+                return Some(chunk);
+            }
+        }
+    }
+
+    async fn next_piece(&mut self) -> Option<Bytes> {
         if self.done {
             return None;
         }
@@ -354,11 +369,13 @@ impl Stream {
     fn put_item(&mut self, out: &mut String, item: WatchItem) {
         match item {
             WatchItem::Events(evs) => self.put_events(out, &evs),
-            WatchItem::Progress(r) if r > self.sent => {
-                self.sent = r;
-                put_progress(out, r);
+            // Written even when nothing moved: a quiet watcher hears from
+            // the node every interval and can tell a live stream from a
+            // dead connection.
+            WatchItem::Progress(r) => {
+                self.sent = self.sent.max(r);
+                put_progress(out, self.sent);
             }
-            WatchItem::Progress(_) => {}
         }
     }
 }
