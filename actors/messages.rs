@@ -410,3 +410,14 @@ pub enum WatchRefused {
 impl Message for StartWatch {
     type Result = Result<WatchStarted, WatchRefused>;
 }
+
+/// Lessor → StateMachine: the leases whose deadline is at or before
+/// `now_ms` (at most `max`).
+pub struct DueLeases {
+    pub now_ms: u64,
+    pub max: usize,
+}
+
+impl Message for DueLeases {
+    type Result = Vec<u64>;
+}

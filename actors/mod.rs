@@ -34,6 +34,8 @@
 //!   answers the clients waiting for them, and serves reads. It freezes
 //!   its state for a snapshot in O(1) and restores installed snapshots.
 //!   It keeps the window of recent changes watchers start from.
+//! * **Lessor** looks for leases whose time is up every 100 ms and, on the
+//!   leader, proposes their end (one log entry for all of them).
 //! * **WatchHub** hands new changes to the watchers of their keys, each
 //!   through a bounded buffer; a watcher that falls behind is cancelled,
 //!   never waited for.
@@ -46,6 +48,7 @@
 
 pub mod consensus;
 pub mod election_timer;
+pub mod lessor;
 pub mod messages;
 pub mod replicator;
 pub mod snapshotter;
@@ -110,6 +113,10 @@ impl ClusterView {
         self.membership.address_of(id)
     }
 }
+
+/// How often a node looks for leases whose time is up (as leader, it then
+/// proposes their end): a lease ends at most this much after its deadline.
+const LEASE_CHECK: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Exit status of a node the cluster has told it was removed (EX_CONFIG):
 /// a supervisor should not restart it (systemd: `RestartPreventExitStatus=78`).
@@ -182,5 +189,6 @@ pub fn spawn_node(
         metrics.clone(),
     );
     election_timer::ElectionTimer::new(settings.tick, consensus.clone().recipient()).start();
+    lessor::Lessor::new(settings.id, LEASE_CHECK, state_machine.clone(), consensus.clone()).start();
     NodeHandles { consensus, state_machine, snapshotter, watch_hub: hub, metrics, cluster }
 }

@@ -15,7 +15,7 @@ use log::{debug, error, info, trace};
 
 use super::ClientOutcome;
 use super::messages::{
-    Apply, GetApplied, LocalRead, Restore, ServeRead, StartWatch, TakeSnapshot, WatchRefused, WatchStarted,
+    Apply, DueLeases, GetApplied, LocalRead, Restore, ServeRead, StartWatch, TakeSnapshot, WatchRefused, WatchStarted,
     WriteSnapshot,
 };
 use super::snapshotter::Snapshotter;
@@ -132,6 +132,14 @@ impl Handler<Apply> for StateMachineActor {
         self.metrics.applied_index.store(self.store.applied(), Relaxed);
         self.metrics.keys.store(self.store.len() as u64, Relaxed);
         debug!(target: T_SM, "node {} applied up to {}", self.id, self.store.applied());
+    }
+}
+
+impl Handler<DueLeases> for StateMachineActor {
+    type Result = MessageResult<DueLeases>;
+
+    fn handle(&mut self, msg: DueLeases, _: &mut Self::Context) -> Self::Result {
+        MessageResult(self.store.leases().due(msg.now_ms, msg.max))
     }
 }
 

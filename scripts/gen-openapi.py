@@ -81,9 +81,9 @@ doc = {
               "requestBody": {"required": True, "content": {"application/json": {"schema": {
                   "type": "object", "required": ["value"], "additionalProperties": False,
                   "properties": {"value": {"type": "string"}, "if_value": {"type": "string"},
-                                 "if_revision": {"type": "integer", "minimum": 0}}}}}},
+                                 "if_revision": {"type": "integer", "minimum": 0}, "lease": {"type": "integer", "minimum": 1}}}}}},
               "responses": {"200": resp("Committed on a majority and applied", write_ok),
-                            **errors("400", "401", "403", "408", "409", "410", "412", "413", "503", "504")}},
+                            **errors("400", "401", "403", "404", "408", "409", "410", "412", "413", "503", "504")}},
       "delete": {"summary": "Delete a key", "parameters": [
                   {"name": "if_revision", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 0}}] + session_headers,
                  "responses": {"200": resp("Committed and applied (deleted: false if the key did not exist)", delete_ok),
@@ -162,6 +162,20 @@ doc["paths"]["/cluster/members"] = {
 idp = {"name": "id", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 1}}
 doc["paths"]["/cluster/members/{id}"] = {"parameters": [idp], "delete": {"summary": "Remove a member", "responses": {"200": resp("Committed", change), **errors("400", "401", "403", "404", "409", "503", "504")}}}
 doc["paths"]["/cluster/members/{id}/promote"] = {"parameters": [idp], "post": {"summary": "Promote a caught-up learner", "responses": {"200": resp("Committed", change), **errors("400", "401", "403", "404", "409", "503", "504")}}}
+lease_id = {"name": "id", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 1}}
+lease_ok = {"type": "object", "required": ["id", "ttl_seconds"],
+            "properties": {"id": {"type": "integer"}, "ttl_seconds": {"type": "integer"}}}
+doc["paths"]["/leases"] = {"post": {"summary": "Grant a lease", "requestBody": {"required": True, "content": {"application/json": {"schema": {
+    "type": "object", "required": ["ttl_seconds"], "additionalProperties": False,
+    "properties": {"ttl_seconds": {"type": "integer", "minimum": 1, "maximum": 604800}}}}}},
+    "responses": {"200": resp("Granted", lease_ok), **errors("400", "401", "403", "408", "413", "503", "504")}}}
+doc["paths"]["/leases/{id}"] = {"parameters": [lease_id],
+    "get": {"summary": "A lease: TTL, time left, keys", "responses": {"200": resp("The lease", {"type": "object", "required": ["id", "ttl_seconds", "remaining_ms", "keys"]}),
+                                                                   **errors("400", "401", "403", "404", "503", "504")}},
+    "delete": {"summary": "Revoke a lease and delete its keys", "responses": {"200": resp("Revoked", {"type": "object", "required": ["id", "revoked", "deleted_keys", "revision"]}),
+                                                                             **errors("400", "401", "403", "404", "503", "504")}}}
+doc["paths"]["/leases/{id}/keepalive"] = {"parameters": [lease_id], "post": {"summary": "Renew a lease for its whole TTL",
+    "responses": {"200": resp("Renewed", lease_ok), **errors("400", "401", "403", "404", "503", "504")}}}
 doc["paths"]["/openapi.json"] = {"get": {"summary": "This document", "security": [],
                                          "responses": {"200": resp("OpenAPI 3.1", {"type": "object"})}}}
 doc["security"] = [{}, {"token": []}]

@@ -85,8 +85,13 @@ enum Cmd {
         #[arg(long)]
         consistency: Option<String>,
     },
-    /// Write a key.
-    Put { key: String, value: String },
+    /// Write a key (with --lease: the key is deleted when the lease ends).
+    Put {
+        key: String,
+        value: String,
+        #[arg(long)]
+        lease: Option<u64>,
+    },
     /// Write a key only if its current value or revision is as given.
     Cas {
         key: String,
@@ -155,6 +160,11 @@ enum Cmd {
         #[command(subcommand)]
         action: MemberCmd,
     },
+    /// Leases: keys that are deleted when their lease is not renewed.
+    Lease {
+        #[command(subcommand)]
+        action: LeaseCmd,
+    },
     /// Leadership.
     Leader {
         #[command(subcommand)]
@@ -170,6 +180,18 @@ enum Cmd {
         #[command(subcommand)]
         action: TokenCmd,
     },
+}
+
+#[derive(Subcommand, Debug, Clone)]
+enum LeaseCmd {
+    /// A new lease of TTL seconds; prints its id.
+    Grant { ttl: u64 },
+    /// Renew the lease for its whole TTL (once).
+    Keepalive { id: u64 },
+    /// End the lease now and delete its keys.
+    Revoke { id: u64 },
+    /// TTL, time left and keys.
+    Show { id: u64 },
 }
 
 #[derive(Subcommand, Debug, Clone)]
@@ -541,9 +563,12 @@ impl Ctl {
                 let v = self.ok(self.send("GET", &format!("/kv/{}{q}", encode_key(key)), None)?)?;
                 Ok(self.items(&v, std::slice::from_ref(&v)))
             }
-            Cmd::Put { key, value } => {
-                let v =
-                    self.ok(self.send("PUT", &format!("/kv/{}", encode_key(key)), Some(&json!({"value": value})))?)?;
+            Cmd::Put { key, value, lease } => {
+                let mut body = json!({"value": value});
+                if let Some(l) = lease {
+                    body["lease"] = json!(l);
+                }
+                let v = self.ok(self.send("PUT", &format!("/kv/{}", encode_key(key)), Some(&body))?)?;
                 Ok(self.render(&v, || format!("OK (revision {})", v["revision"])))
             }
             Cmd::Cas { key, value, if_value, if_revision } => {
@@ -631,6 +656,31 @@ impl Ctl {
                 Ok(self.render(&v, || format!("token: {token}\ntokens file line: {line}")))
             }
             Cmd::Member { action } => self.member(action),
+            Cmd::Lease { action } => {
+                let (method, path, body) = match action {
+                    LeaseCmd::Grant { ttl } => ("POST", "/leases".to_string(), Some(json!({"ttl_seconds": ttl}))),
+                    LeaseCmd::Keepalive { id } => ("POST", format!("/leases/{id}/keepalive"), None),
+                    LeaseCmd::Revoke { id } => ("DELETE", format!("/leases/{id}"), None),
+                    LeaseCmd::Show { id } => ("GET", format!("/leases/{id}"), None),
+                };
+                let v = self.ok(self.send(method, &path, body.as_ref())?)?;
+                Ok(self.render(&v, || match action {
+                    LeaseCmd::Grant { .. } => format!("lease {} granted, TTL {} s", v["id"], v["ttl_seconds"]),
+                    LeaseCmd::Keepalive { .. } => format!("lease {} renewed for {} s", v["id"], v["ttl_seconds"]),
+                    LeaseCmd::Revoke { .. } => format!("lease {} revoked, {} keys deleted", v["id"], v["deleted_keys"]),
+                    LeaseCmd::Show { .. } => format!(
+                        "lease {}: TTL {} s, {} ms left, keys: {}",
+                        v["id"],
+                        v["ttl_seconds"],
+                        v["remaining_ms"],
+                        v["keys"].as_array().map_or(String::new(), |k| k
+                            .iter()
+                            .map(text)
+                            .collect::<Vec<_>>()
+                            .join(" "))
+                    ),
+                }))
+            }
             Cmd::Log { action: LogCmd::Get } => self.log(None, None),
             Cmd::Log { action: LogCmd::Set { filter, node } } => self.log(Some(filter), node.as_deref()),
         }
@@ -857,8 +907,8 @@ struct Line {
 }
 
 const COMMANDS: &[&str] = &[
-    "get", "put", "cas", "delete", "txn", "list", "status", "snapshot", "member", "leader", "log", "token", "help",
-    "exit", "quit",
+    "get", "put", "cas", "delete", "txn", "list", "watch", "lease", "status", "snapshot", "member", "leader", "log",
+    "token", "help", "exit", "quit",
 ];
 
 #[derive(Helper, Hinter, Validator)]

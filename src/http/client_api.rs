@@ -98,7 +98,7 @@ pub(super) fn params(req: &HttpRequest, allowed: &[&str]) -> Result<BTreeMap<Str
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Consistency {
+pub(super) enum Consistency {
     Linearizable,
     Lease,
     Stale,
@@ -195,7 +195,7 @@ fn close_after_response(mut payload: web::Payload) {
 
 /// `{"value": "v"}` with at most one of `"if_value": "old"` or `"if_revision": n`.
 pub fn parse_put_body(body: &[u8], key: String, max_value: usize) -> Result<Command, ApiError> {
-    const FIELDS: [&str; 3] = ["value", "if_value", "if_revision"];
+    const FIELDS: [&str; 4] = ["value", "if_value", "if_revision", "lease"];
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::bad_request("invalid_json", "the body must be a JSON object like {\"value\": \"...\"}"));
     }
@@ -207,7 +207,7 @@ pub fn parse_put_body(body: &[u8], key: String, max_value: usize) -> Result<Comm
     if let Some(k) = map.keys().find(|k| !FIELDS.contains(&k.as_str())) {
         return Err(ApiError::bad_request(
             "unknown_field",
-            format!("unknown field '{k}' (accepted: value, if_value, if_revision)"),
+            format!("unknown field '{k}' (accepted: value, if_value, if_revision, lease)"),
         )
         .with("field", json!(k)));
     }
@@ -256,7 +256,15 @@ pub fn parse_put_body(body: &[u8], key: String, max_value: usize) -> Result<Comm
             return Err(ApiError::bad_request("invalid_field", "give at most one of 'if_value' and 'if_revision'"));
         }
     };
-    Ok(Command::Put { key, value, condition })
+    let put = Command::Put { key, value, condition };
+    match map.get("lease") {
+        None => Ok(put),
+        Some(n) => match n.as_u64().filter(|&n| n > 0) {
+            Some(lease) => Ok(Command::Leased { lease, inner: Box::new(put) }),
+            None => Err(ApiError::bad_request("invalid_field", "'lease' must be a lease id (a positive integer)")
+                .with("field", json!("lease"))),
+        },
+    }
 }
 
 // --- talking to the actors --------------------------------------------------------
@@ -405,6 +413,14 @@ fn write_response(result: CommandResult) -> HttpResponse {
             )
             .with("session", json!(session)),
         ),
+        CommandResult::LeaseGranted { id, ttl_ms } | CommandResult::LeaseKept { id, ttl_ms } => {
+            HttpResponse::Ok().json(json!({"id": id, "ttl_seconds": ttl_ms / 1000}))
+        }
+        CommandResult::LeaseRevoked { id, deleted, revision } => {
+            HttpResponse::Ok().json(json!({"id": id, "revoked": true, "deleted_keys": deleted, "revision": revision}))
+        }
+        CommandResult::LeaseNotFound { id } => lease_not_found(id),
+        CommandResult::LeasesExpired { revoked } => HttpResponse::Ok().json(json!({"expired": revoked})),
         CommandResult::SeqSuperseded { session, seq, last_seq } => actix_web::ResponseError::error_response(
             &ApiError::new(
                 StatusCode::CONFLICT,
@@ -420,9 +436,18 @@ fn write_response(result: CommandResult) -> HttpResponse {
     }
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+fn lease_not_found(id: u64) -> HttpResponse {
+    actix_web::ResponseError::error_response(
+        &ApiError::new(
+            StatusCode::NOT_FOUND,
+            "lease_not_found",
+            format!("lease {id} does not exist (never granted, revoked, or expired); nothing was done"),
+        )
+        .with("lease", json!(id)),
+    )
 }
+
+use crate::kv::lease::now_ms;
 
 /// The write, tagged with the client's session when the request carries
 /// `Raftkv-Session` and `Raftkv-Seq` (both or neither).
@@ -495,6 +520,12 @@ fn read_response(result: QueryResult, stale: bool) -> HttpResponse {
             }
             resp
         }
+        QueryResult::Lease { id, ttl_ms, expires_at, clock_ms, keys } => {
+            // Time left by this node's clock (never less than the log's).
+            let remaining = expires_at.saturating_sub(now_ms().max(clock_ms));
+            ok.json(json!({"id": id, "ttl_seconds": ttl_ms / 1000, "remaining_ms": remaining, "keys": keys}))
+        }
+        QueryResult::LeaseNotFound { id } => lease_not_found(id),
         QueryResult::Items { items, revision } => {
             let mut v = json!({"items": items, "revision": revision});
             if stale {
@@ -505,7 +536,7 @@ fn read_response(result: QueryResult, stale: bool) -> HttpResponse {
     }
 }
 
-async fn read(
+pub(super) async fn read(
     state: &AppState,
     fwd: &Forwarder,
     req: &HttpRequest,

@@ -21,6 +21,7 @@ pub mod client_api;
 pub mod cluster;
 pub mod conn_watch;
 pub mod errors;
+pub mod lease;
 pub mod raft_rpc;
 pub mod txn;
 pub mod watch;
@@ -210,6 +211,9 @@ fn route_name(req: &HttpRequest) -> &'static str {
         Some("/kv") => "/kv",
         Some("/txn") => "/txn",
         Some("/sessions") => "/sessions",
+        Some("/leases") => "/leases",
+        Some("/leases/{id}") => "/leases/{id}",
+        Some("/leases/{id}/keepalive") => "/leases/{id}/keepalive",
         Some("/health") => "/health",
         Some("/openapi.json") => "/openapi.json",
         Some("/ready") => "/ready",
@@ -268,6 +272,18 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .service(
         web::resource("/sessions")
             .route(web::post().to(client_api::open_session))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(web::resource("/leases").route(web::post().to(lease::grant)).default_service(web::to(method_not_allowed)))
+    .service(
+        web::resource("/leases/{id}")
+            .route(web::get().to(lease::show))
+            .route(web::delete().to(lease::revoke))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/leases/{id}/keepalive")
+            .route(web::post().to(lease::keep_alive))
             .default_service(web::to(method_not_allowed)),
     )
     .service(web::resource("/txn").route(web::post().to(txn::post_txn)).default_service(web::to(method_not_allowed)))

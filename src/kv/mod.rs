@@ -16,9 +16,11 @@ use crate::codec::{DecodeError, Reader, put_bytes};
 use crate::raft::Index;
 use crate::state_machine::{Frozen, StateMachine};
 
+pub mod lease;
 pub mod session;
 pub mod watch;
 
+use lease::Leases;
 use session::{Check, Sessions};
 use watch::{Event, EventKind, History};
 
@@ -59,6 +61,33 @@ pub enum Command {
         session: u64,
         seq: u64,
         now_ms: u64,
+        inner: Box<Command>,
+    },
+    /// Grants a lease of `ttl_ms` by the proposing leader's clock; its id
+    /// is the index of this entry.
+    LeaseGrant {
+        now_ms: u64,
+        ttl_ms: u64,
+    },
+    /// Renews a lease for its whole TTL from `now_ms`.
+    LeaseKeepAlive {
+        id: u64,
+        now_ms: u64,
+    },
+    /// Ends a lease and deletes its keys.
+    LeaseRevoke {
+        id: u64,
+    },
+    /// Proposed by a leader for leases its clock says are over: each is
+    /// revoked if, by the log's clock once `now_ms` is applied, it is.
+    LeaseExpire {
+        now_ms: u64,
+        ids: Vec<u64>,
+    },
+    /// A put whose key lives only as long as the lease (not applied if
+    /// the lease is gone).
+    Leased {
+        lease: u64,
         inner: Box<Command>,
     },
 }
@@ -157,6 +186,27 @@ pub enum CommandResult {
         seq: u64,
         last_seq: u64,
     },
+    LeaseGranted {
+        id: u64,
+        ttl_ms: u64,
+    },
+    LeaseKept {
+        id: u64,
+        ttl_ms: u64,
+    },
+    /// The lease ended; `deleted` keys went with it, at `revision`.
+    LeaseRevoked {
+        id: u64,
+        deleted: u64,
+        revision: u64,
+    },
+    /// No such lease (never granted, revoked, or expired): nothing done.
+    LeaseNotFound {
+        id: u64,
+    },
+    LeasesExpired {
+        revoked: Vec<u64>,
+    },
 }
 
 /// A read.
@@ -164,6 +214,7 @@ pub enum CommandResult {
 pub enum Query {
     Get { key: String },
     List { prefix: String, limit: Option<usize> },
+    Lease { id: u64 },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -177,6 +228,18 @@ pub enum QueryResult {
         items: Vec<Item>,
         revision: u64,
     },
+    /// A lease: its TTL, deadline and the table's clock (both in leader
+    /// clock milliseconds), and its keys.
+    Lease {
+        id: u64,
+        ttl_ms: u64,
+        expires_at: u64,
+        clock_ms: u64,
+        keys: Vec<String>,
+    },
+    LeaseNotFound {
+        id: u64,
+    },
 }
 
 // --- encoding ----------------------------------------------------------------
@@ -186,6 +249,11 @@ const CMD_DELETE: u8 = 2;
 const CMD_TXN: u8 = 3;
 const CMD_OPEN_SESSION: u8 = 4;
 const CMD_IN_SESSION: u8 = 5;
+const CMD_LEASE_GRANT: u8 = 6;
+const CMD_LEASE_KEEPALIVE: u8 = 7;
+const CMD_LEASE_REVOKE: u8 = 8;
+const CMD_LEASE_EXPIRE: u8 = 9;
+const CMD_LEASED: u8 = 10;
 const CMP_VALUE: u8 = 1;
 const CMP_REVISION: u8 = 2;
 const CMP_EXISTS: u8 = 3;
@@ -210,8 +278,13 @@ impl Command {
                 t.compare.iter().map(|c| 16 + c.key().len() + c.value_len()).sum::<usize>()
                     + t.success.iter().chain(&t.failure).map(op).sum::<usize>()
             }
-            Command::OpenSession { .. } => 0,
+            Command::OpenSession { .. }
+            | Command::LeaseGrant { .. }
+            | Command::LeaseKeepAlive { .. }
+            | Command::LeaseRevoke { .. } => 0,
+            Command::LeaseExpire { ids, .. } => 8 * ids.len(),
             Command::InSession { inner, .. } => 24 + inner.size_hint(),
+            Command::Leased { inner, .. } => 8 + inner.size_hint(),
         }
     }
 
@@ -261,6 +334,33 @@ impl Command {
                 out.put_u64_le(*session);
                 out.put_u64_le(*seq);
                 out.put_u64_le(*now_ms);
+                inner.encode_into(out);
+            }
+            Command::LeaseGrant { now_ms, ttl_ms } => {
+                out.put_u8(CMD_LEASE_GRANT);
+                out.put_u64_le(*now_ms);
+                out.put_u64_le(*ttl_ms);
+            }
+            Command::LeaseKeepAlive { id, now_ms } => {
+                out.put_u8(CMD_LEASE_KEEPALIVE);
+                out.put_u64_le(*id);
+                out.put_u64_le(*now_ms);
+            }
+            Command::LeaseRevoke { id } => {
+                out.put_u8(CMD_LEASE_REVOKE);
+                out.put_u64_le(*id);
+            }
+            Command::LeaseExpire { now_ms, ids } => {
+                out.put_u8(CMD_LEASE_EXPIRE);
+                out.put_u64_le(*now_ms);
+                out.put_u32_le(ids.len() as u32);
+                for id in ids {
+                    out.put_u64_le(*id);
+                }
+            }
+            Command::Leased { lease, inner } => {
+                out.put_u8(CMD_LEASED);
+                out.put_u64_le(*lease);
                 inner.encode_into(out);
             }
             Command::Txn(t) => {
@@ -352,8 +452,30 @@ impl Command {
                 now_ms: r.u64("now_ms")?,
                 inner: Box::new(Self::decode_from(r, false)?),
             },
-            k @ (CMD_OPEN_SESSION | CMD_IN_SESSION) => {
-                return Err(DecodeError(format!("command kind {k} inside a session command")));
+            CMD_LEASE_GRANT if outer => Command::LeaseGrant { now_ms: r.u64("now_ms")?, ttl_ms: r.u64("ttl_ms")? },
+            CMD_LEASE_KEEPALIVE if outer => Command::LeaseKeepAlive { id: r.u64("lease")?, now_ms: r.u64("now_ms")? },
+            CMD_LEASE_REVOKE if outer => Command::LeaseRevoke { id: r.u64("lease")? },
+            CMD_LEASE_EXPIRE if outer => {
+                let now_ms = r.u64("now_ms")?;
+                let n = r.u32("lease count")? as usize;
+                if n > r.remaining() / 8 {
+                    return Err(DecodeError(format!("lease count {n} is more than the bytes left can hold")));
+                }
+                let ids = (0..n).map(|_| r.u64("lease")).collect::<Result<_, _>>()?;
+                Command::LeaseExpire { now_ms, ids }
+            }
+            // Around a put only (in a session or not).
+            CMD_LEASED => {
+                let lease = r.u64("lease")?;
+                let inner = Self::decode_from(r, false)?;
+                if !matches!(inner, Command::Put { .. }) {
+                    return Err(DecodeError("a leased command must be a put".into()));
+                }
+                Command::Leased { lease, inner: Box::new(inner) }
+            }
+            k @ (CMD_OPEN_SESSION | CMD_IN_SESSION | CMD_LEASE_GRANT | CMD_LEASE_KEEPALIVE | CMD_LEASE_REVOKE
+            | CMD_LEASE_EXPIRE) => {
+                return Err(DecodeError(format!("command kind {k} inside another command")));
             }
             k => return Err(DecodeError(format!("unknown command kind {k}"))),
         };
@@ -451,6 +573,8 @@ pub struct KvStore {
     sessions: Sessions,
     /// Recent changes, for watchers.
     history: History,
+    /// Leases and the keys attached to them.
+    leases: Leases,
     /// Index of the last log entry applied. Invariant: entries are applied
     /// in index order, each once.
     applied: Index,
@@ -483,6 +607,10 @@ impl KvStore {
         &self.sessions
     }
 
+    pub fn leases(&self) -> &Leases {
+        &self.leases
+    }
+
     pub fn history(&self) -> &History {
         &self.history
     }
@@ -503,12 +631,14 @@ impl KvStore {
     fn set(&mut self, index: Index, key: String, value: String) {
         let old = self.map.insert(key.clone(), Versioned { value: value.clone(), revision: index });
         let prev_revision = old.map_or(0, |v| v.revision);
+        self.leases.detach(&key);
         self.history.push(Event::new(EventKind::Put, key, Some(value), index, prev_revision));
     }
 
     /// Removes `key` at revision `index`; whether it existed.
     fn remove(&mut self, index: Index, key: &str) -> bool {
         let Some(old) = self.map.remove(key) else { return false };
+        self.leases.detach(key);
         let event = Event::new(EventKind::Delete, key.to_string(), None, index, old.revision);
         self.history.push(event);
         true
@@ -562,7 +692,48 @@ impl KvStore {
                     Check::Unknown => CommandResult::SessionExpired { session },
                 }
             }
+            Command::LeaseGrant { now_ms, ttl_ms } => {
+                self.leases.advance(now_ms);
+                self.leases.grant(index, ttl_ms);
+                CommandResult::LeaseGranted { id: index, ttl_ms }
+            }
+            Command::LeaseKeepAlive { id, now_ms } => {
+                self.leases.advance(now_ms);
+                // One past its deadline is over, even before the expiry
+                // entry comes: it cannot be renewed.
+                if self.leases.expired(id) || !self.leases.keep_alive(id) {
+                    return CommandResult::LeaseNotFound { id };
+                }
+                let ttl_ms = self.leases.get(id).map_or(0, |l| l.ttl_ms);
+                CommandResult::LeaseKept { id, ttl_ms }
+            }
+            Command::LeaseRevoke { id } => self.revoke(index, id),
+            Command::LeaseExpire { now_ms, ids } => {
+                self.leases.advance(now_ms);
+                let revoked = ids.into_iter().filter(|&id| self.leases.expired(id)).collect::<Vec<_>>();
+                for &id in &revoked {
+                    self.revoke(index, id);
+                }
+                CommandResult::LeasesExpired { revoked }
+            }
+            Command::Leased { lease, inner } => {
+                if self.leases.get(lease).is_none() || self.leases.expired(lease) {
+                    return CommandResult::LeaseNotFound { id: lease };
+                }
+                let result = self.execute(index, *inner);
+                if let CommandResult::Put { key, .. } = &result {
+                    self.leases.attach(key, lease);
+                }
+                result
+            }
         }
+    }
+
+    /// Ends lease `id`, deleting its keys at revision `index`.
+    fn revoke(&mut self, index: Index, id: u64) -> CommandResult {
+        let Some(keys) = self.leases.remove(id) else { return CommandResult::LeaseNotFound { id } };
+        let deleted = keys.iter().filter(|k| self.remove(index, k)).count() as u64;
+        CommandResult::LeaseRevoked { id, deleted, revision: index }
     }
 
     fn apply_txn(&mut self, index: Index, t: Txn) -> CommandResult {
@@ -612,6 +783,16 @@ impl KvStore {
                     .collect();
                 QueryResult::Items { items, revision: self.applied }
             }
+            Query::Lease { id } => match self.leases.get(*id) {
+                Some(l) if l.expires_at > self.leases.clock_ms() => QueryResult::Lease {
+                    id: *id,
+                    ttl_ms: l.ttl_ms,
+                    expires_at: l.expires_at,
+                    clock_ms: self.leases.clock_ms(),
+                    keys: l.keys.iter().cloned().collect(),
+                },
+                _ => QueryResult::LeaseNotFound { id: *id },
+            },
         }
     }
 }
@@ -623,7 +804,8 @@ impl KvStore {
 /// then the session table ([`Sessions::write_to`]; absent in snapshots of
 /// releases before sessions, which restore with none); then the watch
 /// history ([`History::write_to`]; absent before watches: it then starts
-/// at the snapshot's index).
+/// at the snapshot's index); then the leases ([`Leases::write_to`]; absent
+/// before leases).
 const SNAPSHOT_CHUNK: usize = 64 << 10;
 
 /// A frozen copy of the store: shares structure with the live map, which
@@ -650,6 +832,7 @@ impl Frozen for FrozenKv {
         }
         self.0.sessions.write_to(&mut buf);
         self.0.history.write_to(&mut buf, SNAPSHOT_CHUNK, out)?;
+        self.0.leases.write_to(&mut buf);
         out.write_all(&buf)
     }
 }
@@ -712,8 +895,12 @@ impl StateMachine for KvStore {
         } else {
             History::read_from(&mut r, applied).map_err(err)?
         };
+        let leases = if r.is_empty() { Leases::default() } else { Leases::read_from(&mut r).map_err(err)? };
+        if let Some(id) = leases.max_id().filter(|&id| id > applied) {
+            return Err(format!("lease {id} is newer than the snapshot's index {applied}"));
+        }
         r.finish("snapshot").map_err(err)?;
-        Ok(KvStore { map, sessions, history, applied })
+        Ok(KvStore { map, sessions, history, leases, applied })
     }
 }
 
@@ -900,6 +1087,70 @@ mod tests {
         StateMachine::freeze(&s).write_to(&mut body).unwrap();
         let back = <KvStore as StateMachine>::restore(7, Bytes::from(body)).unwrap();
         assert_eq!(back.history().since(1).unwrap(), s.history().since(1).unwrap());
+    }
+
+    #[test]
+    fn leases_end_by_the_log_clock_and_take_their_keys_with_them() {
+        let mut s = KvStore::new();
+        let leased = |lease: u64, key: &str| Command::Leased { lease, inner: Box::new(put(key, "v", Condition::None)) };
+        assert_eq!(
+            s.apply(1, Command::LeaseGrant { now_ms: 10_000, ttl_ms: 5_000 }),
+            CommandResult::LeaseGranted { id: 1, ttl_ms: 5_000 }
+        );
+        assert!(matches!(s.apply(2, leased(1, "a")), CommandResult::Put { .. }));
+        assert!(matches!(s.apply(3, leased(1, "b")), CommandResult::Put { .. }));
+        assert_eq!(s.apply(4, leased(9, "c")), CommandResult::LeaseNotFound { id: 9 });
+        assert_eq!(s.len(), 2);
+        // A leader whose clock says it is over proposes the end; applied
+        // before the deadline by the log's clock, it ends nothing.
+        assert_eq!(
+            s.apply(5, Command::LeaseExpire { now_ms: 14_000, ids: vec![1] }),
+            CommandResult::LeasesExpired { revoked: vec![] }
+        );
+        assert_eq!(
+            s.apply(6, Command::LeaseKeepAlive { id: 1, now_ms: 14_500 }),
+            CommandResult::LeaseKept { id: 1, ttl_ms: 5_000 }
+        );
+        assert!(s.leases().due(19_499, 10).is_empty());
+        // Round trip through a snapshot, then the end at 19,500.
+        let mut body = Vec::new();
+        StateMachine::freeze(&s).write_to(&mut body).unwrap();
+        let mut s = <KvStore as StateMachine>::restore(6, Bytes::from(body)).unwrap();
+        assert_eq!(s.leases().due(19_500, 10), [1]);
+        assert_eq!(
+            s.apply(7, Command::LeaseKeepAlive { id: 1, now_ms: 19_600 }),
+            CommandResult::LeaseNotFound { id: 1 }
+        );
+        assert_eq!(
+            s.apply(8, Command::LeaseExpire { now_ms: 19_600, ids: vec![1] }),
+            CommandResult::LeasesExpired { revoked: vec![1] }
+        );
+        assert!(s.is_empty());
+        let deletes: Vec<_> = s.history().since(8).unwrap().iter().map(|e| (e.kind, e.key.clone())).collect();
+        assert_eq!(deletes, [(EventKind::Delete, "a".to_string()), (EventKind::Delete, "b".to_string())]);
+        // Revoke: the keys go at once; a key written again without the
+        // lease is not the lease's any more.
+        s.apply(9, Command::LeaseGrant { now_ms: 20_000, ttl_ms: 5_000 });
+        s.apply(10, leased(9, "x"));
+        s.apply(11, leased(9, "y"));
+        s.apply(12, put("y", "free", Condition::None));
+        assert_eq!(
+            s.apply(13, Command::LeaseRevoke { id: 9 }),
+            CommandResult::LeaseRevoked { id: 9, deleted: 1, revision: 13 }
+        );
+        assert_eq!(s.len(), 1);
+        for c in [
+            Command::LeaseGrant { now_ms: 1, ttl_ms: 2 },
+            Command::LeaseKeepAlive { id: 3, now_ms: 4 },
+            Command::LeaseRevoke { id: 5 },
+            Command::LeaseExpire { now_ms: 6, ids: vec![7, 8] },
+            leased(9, "k"),
+        ] {
+            assert_eq!(Command::decode(c.encode()).unwrap(), c);
+        }
+        // Only a put goes under a lease.
+        let bad = Command::Leased { lease: 1, inner: Box::new(Command::Delete { key: "k".into(), if_revision: None }) };
+        assert!(Command::decode(bad.encode()).is_err());
     }
 
     fn txn(compare: Vec<Compare>, success: Vec<TxnOp>, failure: Vec<TxnOp>) -> Command {

@@ -181,6 +181,7 @@ const R_PUT: u8 = 1;
 const R_DELETED: u8 = 2;
 const R_PRECONDITION: u8 = 3;
 const R_TXN: u8 = 4;
+const R_LEASE_NOT_FOUND: u8 = 5;
 const O_PUT: u8 = 1;
 const O_DELETE: u8 = 2;
 const O_GET: u8 = 3;
@@ -249,10 +250,19 @@ pub fn encode_result(res: &CommandResult, buf: &mut BytesMut) {
                 }
             }
         }
-        // Not the response to an applied write: never kept in a session.
+        // A leased put whose lease was gone (not applied, but answered).
+        CommandResult::LeaseNotFound { id } => {
+            buf.put_u8(R_LEASE_NOT_FOUND);
+            buf.put_u64_le(*id);
+        }
+        // Not the response to a write in a session: never kept in one.
         CommandResult::SessionOpened { .. }
         | CommandResult::SessionExpired { .. }
-        | CommandResult::SeqSuperseded { .. } => {
+        | CommandResult::SeqSuperseded { .. }
+        | CommandResult::LeaseGranted { .. }
+        | CommandResult::LeaseKept { .. }
+        | CommandResult::LeaseRevoked { .. }
+        | CommandResult::LeasesExpired { .. } => {
             unreachable!("only write responses are kept in sessions: {res:?}")
         }
     }
@@ -285,6 +295,7 @@ pub fn decode_result(r: &mut Reader) -> Result<CommandResult, DecodeError> {
             }
             CommandResult::Txn { succeeded, revision, results }
         }
+        R_LEASE_NOT_FOUND => CommandResult::LeaseNotFound { id: r.u64("lease")? },
         k => return Err(DecodeError(format!("unknown response kind {k}"))),
     })
 }

@@ -688,6 +688,7 @@ pub fn run(cfg: &ChaosConfig) -> Result<Report, String> {
             clients.push(s.spawn(move || workloads::bank_client(&shared.env(), seed + 10 + w)));
         }
         clients.push(s.spawn(move || workloads::auditor(&shared.env(), seed + 20)));
+        clients.push(s.spawn(move || workloads::lease_client(&shared.env(), seed + 40)));
         let target = &watch_target;
         let watchers: Vec<_> =
             (0..3).map(|w| s.spawn(move || watchers::watcher(&shared.env(), seed + 30 + w, target, give_up))).collect();

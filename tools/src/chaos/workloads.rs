@@ -43,6 +43,9 @@ pub struct Stats {
     pub transfer_unknown: Vec<String>,
     pub audits: u64,
     pub violations: Vec<String>,
+    pub leases_granted: u64,
+    pub leased_keys: u64,
+    pub leases_revoked: u64,
 }
 
 /// What the workloads need from the run.
@@ -328,5 +331,64 @@ pub fn final_check(env: &Env, addrs: &[String]) -> (bool, String) {
     for v in stats.violations.iter().take(5) {
         let _ = writeln!(s, "  VIOLATION {v}");
     }
+    let (granted, keys, revoked) = (stats.leases_granted, stats.leased_keys, stats.leases_revoked);
+    drop(stats);
+    // Every lease was revoked or left to run out (2 s after its last
+    // keepalive): once healed, no member may still hold a leased key.
+    let left = |a: &String| -> Option<usize> {
+        let r = env.http.get(a, &format!("/kv?prefix={LEASE_PREFIX}&consistency=stale")).ok()?;
+        (r.status == 200).then(|| r.json()["items"].as_array().map_or(0, Vec::len))
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut remaining: Vec<Option<usize>> = addrs.iter().map(left).collect();
+    while remaining.iter().any(|n| *n != Some(0)) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        remaining = addrs.iter().map(left).collect();
+    }
+    let ended = remaining.iter().all(|n| *n == Some(0));
+    pass &= ended && granted > 0;
+    let _ = writeln!(
+        s,
+        "leases: {granted} granted, {keys} keys put under them, {revoked} revoked, the rest left to expire; after \
+         healing {}",
+        if ended {
+            "every member has deleted every leased key".to_string()
+        } else {
+            format!("LEASED KEYS LEFT: {remaining:?}")
+        }
+    );
     (pass, s)
+}
+
+pub const LEASE_PREFIX: &str = "lease/";
+
+/// Grants short leases, puts a key under each, renews some a few times,
+/// revokes half and lets the others run out — under the faults.
+pub fn lease_client(env: &Env, seed: u64) {
+    let mut rng = SplitMix64(seed);
+    let mut n = 0u64;
+    let pause = || std::thread::sleep(Duration::from_millis(50));
+    while !env.stopped() {
+        n += 1;
+        let eps = env.endpoints(&mut rng);
+        let r = env.http.request(&eps[0], "POST", "/leases", Some(br#"{"ttl_seconds": 2}"#));
+        let Some(id) = r.ok().filter(|r| r.status == 200).and_then(|r| r.json()["id"].as_u64()) else {
+            pause();
+            continue;
+        };
+        env.stats.lock().unwrap().leases_granted += 1;
+        let body = json!({"value": n.to_string(), "lease": id});
+        if env.http.put_json(&eps[0], &format!("/kv/{LEASE_PREFIX}{seed}-{n}"), &body).is_ok_and(|r| r.status == 200) {
+            env.stats.lock().unwrap().leased_keys += 1;
+        }
+        for _ in 0..rng.next_u64() % 4 {
+            std::thread::sleep(Duration::from_millis(400));
+            let _ = env.http.request(&env.endpoints(&mut rng)[0], "POST", &format!("/leases/{id}/keepalive"), None);
+        }
+        if rng.next_u64().is_multiple_of(2)
+            && env.http.delete(&eps[0], &format!("/leases/{id}")).is_ok_and(|r| r.status == 200)
+        {
+            env.stats.lock().unwrap().leases_revoked += 1;
+        }
+    }
 }
