@@ -558,6 +558,31 @@ fn final_revision(c: &ChaosCluster, http: &HttpClient) -> u64 {
     0
 }
 
+/// The watched keys as one linearizable list on the leader reads them, and
+/// the revision it was read at (keys missing from it: None).
+fn final_state(c: &ChaosCluster, http: &HttpClient, keys: usize) -> (u64, BTreeMap<String, Option<String>>) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Some(l) = c.leader()
+            && let Ok(r) = http.get(&c.addr(l), &format!("/kv?prefix={}", watchers::PREFIX))
+            && r.status == 200
+        {
+            let v = r.json();
+            let mut finals: BTreeMap<String, Option<String>> = (0..keys).map(|k| (format!("key{k}"), None)).collect();
+            for item in v["items"].as_array().into_iter().flatten() {
+                if let (Some(k), Some(val)) = (item["key"].as_str(), item["value"].as_str())
+                    && let Some(slot) = finals.get_mut(k)
+                {
+                    *slot = Some(val.to_string());
+                }
+            }
+            return (v["revision"].as_u64().unwrap_or(0), finals);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    (0, BTreeMap::new())
+}
+
 fn reconcile_members(c: &mut ChaosCluster) {
     let http = c.client(Duration::from_secs(2));
     let until = Instant::now() + Duration::from_secs(30);
@@ -755,24 +780,23 @@ pub fn run(cfg: &ChaosConfig) -> Result<Report, String> {
     // The whole history of the watched keys, read once more now that all
     // is quiet, against what each watcher saw during the faults.
     let (watch_target, watched) = watched;
+    // A write whose client gave up (504) may still commit after the
+    // clients stopped — a request that sat in a partitioned socket, or an
+    // entry a leader appended and commits once healed. So the history is
+    // replayed against one linearizable list taken now, up to its revision.
+    let (final_revision, finals) = final_state(&c, &http, cfg.keys);
     let truth = watchers::watcher(
         &shared.env(),
         cfg.seed ^ 0x5eed,
-        &std::sync::atomic::AtomicU64::new(watch_target.max(1)),
+        &std::sync::atomic::AtomicU64::new(final_revision.max(watch_target).max(1)),
         Instant::now() + Duration::from_secs(60),
     );
-    let finals: BTreeMap<String, Option<String>> = {
-        let h = shared.history.lock().unwrap();
-        h.iter()
-            .filter(|r| r.client == usize::MAX && r.outcome == Outcome::Ok)
-            .filter_map(|r| Some((r.key.clone(), r.read.clone()?)))
-            .collect()
-    };
-    let below = |c: &Vec<watchers::Change>| c.iter().filter(|c| c.0 <= watch_target).cloned().collect::<Vec<_>>();
+    let below = |c: &[watchers::Change], r: u64| c.iter().filter(|c| c.0 <= r).cloned().collect::<Vec<_>>();
     let watched: Vec<watchers::Watched> =
-        watched.into_iter().map(|w| watchers::Watched { changes: below(&w.changes), ..w }).collect();
-    let truth_changes = below(&truth.changes);
-    let (mut watch_ok, mut watch_summary) = watchers::check(&truth_changes, watch_target, &watched, &finals);
+        watched.into_iter().map(|w| watchers::Watched { changes: below(&w.changes, watch_target), ..w }).collect();
+    let truth_changes = below(&truth.changes, final_revision.max(watch_target));
+    let (mut watch_ok, mut watch_summary) =
+        watchers::check(&truth_changes, watch_target, final_revision, &watched, &finals);
     for g in &truth.gaps {
         watch_ok = false;
         let _ = writeln!(watch_summary, "  the whole history could not be read: {g}");
