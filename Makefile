@@ -20,8 +20,9 @@ help:
 	@echo "make kill-leader   kill -9 the leader ('make cluster' restarts it)"
 	@echo "make add-node N=4  start node 4 (config/node4.toml), which joins as a learner, and promote it"
 	@echo "make remove-node N=4   remove member 4 from the cluster and stop it"
-	@echo "make test      run the whole test suite, then the black-box tests again with TLS and tokens (installs iptables/promtool/openssl if missing)"
+	@echo "make test      run the whole test suite, then the black-box tests again with TLS and tokens (installs iptables/promtool/openssl/chromium if missing)"
 	@echo "make test-tls  only the black-box and chaos tests with TLS and tokens on"
+	@echo "make schemathesis   fuzz the HTTP API against openapi.json on a cluster of its own (part of make test)"
 	@echo "make sim SIM_SEEDS=20000   run the deterministic simulation on more seeds"
 	@echo "make mutation-check   the five planted rule violations must each be caught"
 	@echo "make mutants   cargo-mutants over src/raft (hours; MUTANTS_ARGS='--shard 1/8' for a slice)"
@@ -60,6 +61,15 @@ test:
 		$(CARGO) test --release --workspace --no-fail-fast; \
 	fi
 	@$(MAKE) --no-print-directory test-tls
+	@$(MAKE) --no-print-directory schemathesis
+
+# Schemathesis fuzzes the API against openapi.json on a cluster of its own
+# (installs schemathesis from PyPI into target/st-venv the first time).
+.PHONY: schemathesis
+schemathesis:
+	@scripts/install-deps.sh test
+	$(CARGO) build --release --bin raftkv
+	scripts/schemathesis.sh
 
 # The black-box and chaos tests again, every cluster with TLS (mutual
 # between members) and client tokens on (RAFTKV_TEST_TLS=1).

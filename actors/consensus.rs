@@ -34,6 +34,7 @@ use super::{ClientError, ClientReply, ClusterView, ClusterWatch, EXIT_REMOVED};
 use crate::cluster::{ClusterFile, format_id};
 use crate::config::Settings;
 use crate::kv::Query;
+use crate::kv::lease::now_ms;
 use crate::metrics::Metrics;
 use crate::raft::progress::ProgressState;
 use crate::raft::{
@@ -41,6 +42,7 @@ use crate::raft::{
     Role, SnapshotMeta, TickClock, TransferError,
 };
 use crate::snapshot::SnapshotDir;
+use crate::timeline::{Observed, Timeline};
 
 /// After a snapshot could not be written, wait this long before the policy
 /// tries again (a full disk would otherwise be retried on every flush).
@@ -97,6 +99,11 @@ pub struct ConsensusActor {
     reads: HashMap<RequestId, (Query, ClientReply)>,
     flush_scheduled: bool,
     observed: (Role, crate::raft::Term, Option<NodeId>),
+    /// Index of the configuration in force and whether it has committed,
+    /// as last observed.
+    observed_config: (Index, bool),
+    /// What happened here, for `/status` and the web view.
+    timeline: Timeline,
     // snapshot policy
     /// A snapshot at this index is being written.
     snapshot_in_progress: Option<Index>,
@@ -156,6 +163,8 @@ impl ConsensusActor {
             };
             let raft = Raft::restart(cfg, boot.hard_state, boot.snapshot, boot.entries);
             let observed = (raft.role(), raft.current_term(), raft.leader_id());
+            let observed_config = (raft.config_index(), raft.config_index() <= raft.commit_index());
+            let timeline = Timeline::new(settings.id);
             let clock = TickClock::new(settings.tick.as_nanos().max(1) as u64, 4 * settings.election_ticks() + 4);
             ConsensusActor {
                 raft,
@@ -181,6 +190,8 @@ impl ConsensusActor {
                 reads: HashMap::new(),
                 flush_scheduled: false,
                 observed,
+                observed_config,
+                timeline,
                 snapshot_in_progress: None,
                 applied_bytes_since: 0,
                 snapshot_retry_at: None,
@@ -338,6 +349,13 @@ impl ConsensusActor {
             self.route(m);
         }
         if let Some(meta) = rd.snapshot {
+            let text = format!(
+                "node {} installed the leader's snapshot at index {} (term {})",
+                self.raft.id(),
+                meta.index,
+                meta.term
+            );
+            self.timeline.record(now_ms(), self.raft.current_term(), "snapshot", text);
             // Before the entries that follow it.
             self.applied_bytes_since = 0;
             self.state_machine.do_send(Restore { meta });
@@ -521,6 +539,9 @@ impl ConsensusActor {
                         self.snapshot_waiters.push((want, reply));
                     }
                 }
+                let text =
+                    format!("node {} took a snapshot at index {} ({} bytes)", self.raft.id(), meta.index, info.bytes);
+                self.timeline.record(now_ms(), self.raft.current_term(), "snapshot", text);
                 self.last_snapshot_bytes = info.bytes;
                 self.last_snapshot = Some(info);
             }
@@ -549,6 +570,15 @@ impl ConsensusActor {
         let r = &self.raft;
         let m = &self.metrics;
         let now = (r.role(), r.current_term(), r.leader_id());
+        let config = (r.config_index(), r.config_index() <= r.commit_index());
+        if now != self.observed || config != self.observed_config {
+            let members = if config != self.observed_config { describe_members(r.membership()) } else { String::new() };
+            let (role, term, leader) = self.observed;
+            let before = Observed { role, term, leader, config: self.observed_config, members: String::new() };
+            let (role, term, leader) = now;
+            self.timeline.observe(now_ms(), &before, &Observed { role, term, leader, config, members });
+            self.observed_config = config;
+        }
         if now != self.observed {
             let (role, term, leader) = now;
             if role != self.observed.0 {
@@ -636,6 +666,7 @@ impl ConsensusActor {
             pending_proposals: self.proposals.len(),
             pending_reads: self.reads.len(),
             log: self.log_status(),
+            events: self.timeline.events(),
         }
     }
 
@@ -891,4 +922,15 @@ impl Handler<TakeSnapshotNow> for ConsensusActor {
         self.snapshot_waiters.push((applied, msg.reply));
         self.maybe_snapshot();
     }
+}
+
+/// "voters 1, 2, 3; learners 4" for the timeline.
+fn describe_members(m: &crate::raft::Membership) -> String {
+    let list = |ids: Vec<NodeId>| ids.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(", ");
+    let learners: Vec<NodeId> = m.learners().collect();
+    let mut s = format!("voters {}", list(m.voters().collect()));
+    if !learners.is_empty() {
+        s.push_str(&format!("; learners {}", list(learners)));
+    }
+    s
 }

@@ -247,6 +247,9 @@ pub struct Status {
     pub pending_proposals: usize,
     pub pending_reads: usize,
     pub log: LogStatus,
+    /// Elections, leader and term changes, membership changes and
+    /// snapshots seen here, oldest first (the last `timeline::KEEP`).
+    pub events: Vec<crate::timeline::ClusterEvent>,
 }
 
 // --- to Replicator -------------------------------------------------------------

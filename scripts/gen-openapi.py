@@ -80,6 +80,7 @@ doc = {
       "put": {"summary": "Write a key, optionally only if a condition holds", "parameters": session_headers,
               "requestBody": {"required": True, "content": {"application/json": {"schema": {
                   "type": "object", "required": ["value"], "additionalProperties": False,
+                  "dependentSchemas": {"if_value": {"properties": {"if_revision": False}}},
                   "properties": {"value": {"type": "string"}, "if_value": {"type": "string"},
                                  "if_revision": {"type": "integer", "minimum": 0}, "lease": {"type": "integer", "minimum": 1}}}}}},
               "responses": {"200": resp("Committed on a majority and applied", write_ok),
@@ -123,15 +124,23 @@ doc = {
     "/ready": {"get": {"summary": "A leader is known and everything known committed is applied", "security": [],
                        "responses": {"200": resp("Ready", {"type": "object"}), **errors("503")}}},
     "/status": {"get": {"summary": "Role, term, indexes, peers, log and snapshots of this node",
-                        "responses": {"200": resp("Status", {"type": "object", "required": ["id", "role", "term", "commit_index", "applied_index"]}),
+                        "responses": {"200": resp("Status", {"type": "object", "required": ["id", "role", "term", "commit_index", "applied_index", "requests", "events"],
+                                                             "properties": {
+                                                                 "requests": {"type": "object", "required": ["reads", "writes"]},
+                                                                 "events": {"type": "array", "items": {"type": "object", "required": ["at_ms", "node", "term", "kind", "text"], "properties": {
+                                                                     "kind": {"enum": ["election", "leader", "term", "membership", "snapshot"]}, "text": {"type": "string"}}}}}}),
                                       **errors("401", "403")}}},
+    "/ui": {"get": {"summary": "The web view (an HTML page built into the binary)", "security": [],
+                    "responses": {"200": resp("The page", {"type": "string"}, "text/html")}}},
+    "/ui/events": {"get": {"summary": "The whole cluster as the web view draws it, every 250 ms (Server-Sent Events, event: cluster)",
+                           "responses": {"200": resp("An endless stream", {"type": "string"}, "text/event-stream"), **errors("400", "401", "403")}}},
     "/metrics": {"get": {"summary": "Prometheus metrics",
                          "responses": {"200": resp("Text exposition format", {"type": "string"}, "text/plain"), **errors("401", "403")}}},
     "/admin/log": {
       "get": {"summary": "The per-actor log filter", "responses": {"200": resp("Filter", {"type": "object", "required": ["filter"]}), **errors("401", "403")}},
       "put": {"summary": "Change the per-actor log filter (RUST_LOG syntax)",
               "requestBody": {"required": True, "content": {"application/json": {"schema": {
-                  "type": "object", "required": ["filter"], "additionalProperties": False, "properties": {"filter": {"type": "string"}}}}}},
+                  "type": "object", "required": ["filter"], "additionalProperties": False, "properties": {"filter": {"type": "string", "minLength": 1}}}}}},
               "responses": {"200": resp("Changed", {"type": "object"}), **errors("400", "401", "403")}},
     },
     "/admin/snapshot": {"post": {"summary": "Take a snapshot now and compact the log",
@@ -146,7 +155,7 @@ doc = {
 }
 transfer = {"post": {"summary": "Hand leadership to a voter (TimeoutNow)",
                      "requestBody": {"required": False, "content": {"application/json": {"schema": {
-                         "type": "object", "additionalProperties": False, "properties": {"to": {"type": "integer", "minimum": 1}}}}}},
+                         "type": "object", "additionalProperties": False, "properties": {"to": {"type": ["integer", "null"], "minimum": 1}}}}}},
                      "responses": {"200": resp("Another node leads", {"type": "object", "required": ["leader", "previous_leader", "term"]}),
                                    **errors("400", "401", "403", "409", "503")}}}
 doc["paths"]["/admin/transfer-leader"] = transfer
@@ -179,4 +188,22 @@ doc["paths"]["/leases/{id}/keepalive"] = {"parameters": [lease_id], "post": {"su
 doc["paths"]["/openapi.json"] = {"get": {"summary": "This document", "security": [],
                                          "responses": {"200": resp("OpenAPI 3.1", {"type": "object"})}}}
 doc["security"] = [{}, {"token": []}]
+# Every integer the server reads is an unsigned 64-bit one: say so, so that
+# a number past it is known to be refused (400), not expected to work.
+U64_MAX = 2**64 - 1
+
+
+def bound_integers(node):
+    if isinstance(node, dict):
+        t = node.get("type")
+        if (t == "integer" or (isinstance(t, list) and "integer" in t)) and "maximum" not in node:
+            node["maximum"] = U64_MAX
+        for v in node.values():
+            bound_integers(v)
+    elif isinstance(node, list):
+        for v in node:
+            bound_integers(v)
+
+
+bound_integers(doc["paths"])
 print(json.dumps(doc, indent=2))

@@ -12,6 +12,8 @@
 //! * `config`, `logging`, `metrics` — settings, per-actor logs, Prometheus.
 //! * `auth` — client tokens with roles and the cluster secret for peers.
 //! * `client` — a small blocking HTTP client for the CLI and the tests.
+//! * `timeline` — elections, leader, membership and snapshot events for
+//!   people (`/status`, the web view at `/ui`).
 //!
 //! The chaos tester and the benchmark live in `tools/` (`raftkv-tools`).
 
@@ -27,6 +29,7 @@ pub mod raft;
 pub mod recovery;
 pub mod snapshot;
 pub mod state_machine;
+pub mod timeline;
 pub mod tls;
 pub mod wal;
 

@@ -236,6 +236,25 @@ impl Metrics {
         map.entry((route, method, status)).or_insert_with(|| Histogram::new(SECONDS)).observe(seconds);
     }
 
+    /// Client reads (GETs of keys and lists) and writes (PUT and DELETE of
+    /// keys, transactions) this node has answered, errors of its own (5xx)
+    /// left out: the web view's rates.
+    pub fn client_requests(&self) -> (u64, u64) {
+        let map = self.http.lock().expect("metrics lock");
+        let (mut reads, mut writes) = (0, 0);
+        for ((route, method, status), h) in map.iter() {
+            if *status >= 500 || !matches!(*route, "/kv/{key}" | "/kv" | "/txn") {
+                continue;
+            }
+            match *method {
+                "GET" => reads += h.count(),
+                "PUT" | "DELETE" | "POST" => writes += h.count(),
+                _ => {}
+            }
+        }
+        (reads, writes)
+    }
+
     /// The whole registry in the Prometheus text format.
     pub fn render(&self) -> String {
         let mut o = String::with_capacity(8192);

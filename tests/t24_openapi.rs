@@ -31,6 +31,12 @@ fn every_documented_route_is_served_and_the_document_is_the_repositorys() {
                 continue;
             }
             assert!(op["responses"].is_object(), "{method} {path} has responses");
+            // A stream that only ever answers as a stream never ends: the
+            // web view's test (t28) reads it.
+            let ok = op["responses"]["200"]["content"].as_object();
+            if ok.is_some_and(|c| c.len() == 1 && c.contains_key("text/event-stream")) {
+                continue;
+            }
             let m = method.to_uppercase();
             // Only harmless bodies: an invalid one for writes (400 from
             // the handler proves the route; nothing changes).

@@ -164,6 +164,7 @@ fn snapshots_on_demand_and_a_corrupt_snapshot_file_refuses_to_start() {
     let wrong = c.client.get(&c.addr(1), "/admin/snapshot").unwrap();
     assert_eq!(wrong.status, 405);
     assert_eq!(wrong.json()["code"], "method_not_allowed");
+    assert_eq!(wrong.header("allow"), Some("POST"), "a 405 says what the route takes");
 
     c.kill(1);
     let mut bytes = std::fs::read(&path).unwrap();

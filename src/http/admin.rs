@@ -53,13 +53,21 @@ pub async fn ready(state: web::Data<AppState>) -> Result<HttpResponse, ApiError>
     Ok(HttpResponse::Ok().json(body))
 }
 
+/// `/status` as JSON: the consensus actor's view, the applied index, and
+/// the client requests this node has served.
+pub async fn status_json(state: &AppState) -> Result<Value, ApiError> {
+    let (s, applied) = status_of(state).await?;
+    let mut v = serde_json::to_value(&s).map_err(|e| ApiError::internal(e.to_string()))?;
+    v["applied_index"] = json!(applied);
+    let (reads, writes) = state.node.metrics.client_requests();
+    v["requests"] = json!({"reads": reads, "writes": writes});
+    Ok(v)
+}
+
 /// Id, role, term, leader, indexes and per-peer replication progress.
 pub async fn status(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     state.authorize_status(&req)?;
-    let (s, applied) = status_of(&state).await?;
-    let mut v = serde_json::to_value(&s).map_err(|e| ApiError::internal(e.to_string()))?;
-    v["applied_index"] = json!(applied);
-    Ok(HttpResponse::Ok().json(v))
+    Ok(HttpResponse::Ok().json(status_json(&state).await?))
 }
 
 /// Takes a snapshot of everything this node has applied and compacts its
@@ -137,7 +145,7 @@ fn parse_transfer_target(body: &[u8]) -> Result<Option<u64>, ApiError> {
     }
     match obj.get("to") {
         None | Some(Value::Null) => Ok(None),
-        Some(v) => match v.as_u64() {
+        Some(v) => match super::client_api::whole_number(v) {
             Some(id) if id > 0 => Ok(Some(id)),
             _ => Err(ApiError::bad_request("invalid_field", format!("'to' must be a positive node id, not {v}"))),
         },

@@ -243,7 +243,7 @@ pub fn parse_put_body(body: &[u8], key: String, max_value: usize) -> Result<Comm
     };
     let if_revision = match map.get("if_revision") {
         None => None,
-        Some(n) => Some(n.as_u64().ok_or_else(|| {
+        Some(n) => Some(whole_number(n).ok_or_else(|| {
             ApiError::bad_request("invalid_field", "'if_revision' must be a non-negative integer")
                 .with("field", json!("if_revision"))
         })?),
@@ -259,7 +259,7 @@ pub fn parse_put_body(body: &[u8], key: String, max_value: usize) -> Result<Comm
     let put = Command::Put { key, value, condition };
     match map.get("lease") {
         None => Ok(put),
-        Some(n) => match n.as_u64().filter(|&n| n > 0) {
+        Some(n) => match whole_number(n).filter(|&n| n > 0) {
             Some(lease) => Ok(Command::Leased { lease, inner: Box::new(put) }),
             None => Err(ApiError::bad_request("invalid_field", "'lease' must be a lease id (a positive integer)")
                 .with("field", json!("lease"))),
@@ -322,6 +322,14 @@ where
         )),
         Err(ClientError::Unavailable) => Err(ApiError::no_leader("the node is shutting down")),
     }
+}
+
+/// A non-negative whole number in a JSON body: `7`, and also `7.0`, which
+/// JSON (and JSON Schema's `integer`) holds to be the same number.
+pub(super) fn whole_number(v: &Value) -> Option<u64> {
+    v.as_u64().or_else(|| {
+        v.as_f64().filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f <= 9_007_199_254_740_992.0).map(|f| f as u64)
+    })
 }
 
 /// Relays the request to the leader and its answer back.
@@ -672,6 +680,15 @@ mod tests {
         assert_eq!(percent_decode("a%2Fb%20c+d").unwrap(), b"a/b c+d");
         assert!(percent_decode("bad%2").is_none());
         assert!(percent_decode("bad%zz").is_none());
+    }
+
+    #[test]
+    fn whole_numbers_may_be_written_with_a_zero_fraction() {
+        let n = |s: &str| whole_number(&serde_json::from_str(s).unwrap());
+        assert_eq!((n("7"), n("7.0"), n("0")), (Some(7), Some(7), Some(0)));
+        for bad in ["7.5", "-1", "-1.0", "1e300", "\"7\"", "null"] {
+            assert_eq!(n(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -232,7 +232,7 @@ fn parse_add(body: &[u8]) -> Result<(NodeId, String), ApiError> {
             format!("unknown field '{k}' (accepted: id, address, learner)"),
         ));
     }
-    let id = match obj.get("id").and_then(Value::as_u64) {
+    let id = match obj.get("id").and_then(super::client_api::whole_number) {
         Some(id) if id > 0 => id,
         _ => return Err(ApiError::bad_request("invalid_field", format!("'id' must be a positive integer: {example}"))),
     };

@@ -47,13 +47,15 @@ pub async fn grant(
             return Err(ApiError::bad_request("missing_field", "missing field 'ttl_seconds'")
                 .with("field", json!("ttl_seconds")));
         }
-        Some(n) => n.as_u64().filter(|n| (1..=MAX_TTL_SECONDS).contains(n)).ok_or_else(|| {
-            ApiError::bad_request(
-                "invalid_field",
-                format!("'ttl_seconds' must be an integer from 1 to {MAX_TTL_SECONDS}"),
-            )
-            .with("field", json!("ttl_seconds"))
-        })?,
+        Some(n) => {
+            super::client_api::whole_number(n).filter(|n| (1..=MAX_TTL_SECONDS).contains(n)).ok_or_else(|| {
+                ApiError::bad_request(
+                    "invalid_field",
+                    format!("'ttl_seconds' must be an integer from 1 to {MAX_TTL_SECONDS}"),
+                )
+                .with("field", json!("ttl_seconds"))
+            })?
+        }
     };
     write(&state, &fwd, &req, body, Command::LeaseGrant { now_ms: now_ms(), ttl_ms: ttl * 1000 }).await
 }

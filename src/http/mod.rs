@@ -5,6 +5,7 @@
 //!
 //! Routes, grouped:
 //! * client API (`client_api.rs`): `/kv/{key}`, `/kv?prefix=`
+//! * web view (`ui.rs`): `/ui`, `/ui/events`
 //! * operations (`admin.rs`): `/health`, `/ready`, `/status`, `/metrics`, `/admin/log`, `/admin/snapshot`,
 //!   `/admin/transfer-leader` (also `/cluster/leader/transfer`)
 //! * membership (`cluster.rs`): `/cluster/members`, `/cluster/members/{id}`, `/cluster/members/{id}/promote`
@@ -24,6 +25,7 @@ pub mod errors;
 pub mod lease;
 pub mod raft_rpc;
 pub mod txn;
+pub mod ui;
 pub mod watch;
 
 use std::sync::Arc;
@@ -215,6 +217,10 @@ fn route_name(req: &HttpRequest) -> &'static str {
         Some("/leases/{id}") => "/leases/{id}",
         Some("/leases/{id}/keepalive") => "/leases/{id}/keepalive",
         Some("/health") => "/health",
+        Some("/ui") => "/ui",
+        Some("/ui/app.js") => "/ui/app.js",
+        Some("/ui/app.css") => "/ui/app.css",
+        Some("/ui/events") => "/ui/events",
         Some("/openapi.json") => "/openapi.json",
         Some("/ready") => "/ready",
         Some("/status") => "/status",
@@ -250,12 +256,37 @@ async fn no_route(req: HttpRequest) -> Result<HttpResponse, ApiError> {
     Err(ApiError::new(StatusCode::NOT_FOUND, "no_route", format!("no such endpoint: {} {}", req.method(), req.path())))
 }
 
-async fn method_not_allowed(req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    Err(ApiError::new(
+/// The methods a route takes, for the `Allow` header of a 405.
+fn allowed_methods(pattern: &str) -> &'static str {
+    match pattern {
+        "/kv/{key:.*}" => "GET, PUT, DELETE",
+        "/leases/{id}" => "GET, DELETE",
+        "/admin/log" => "GET, PUT",
+        "/cluster/members" => "GET, POST",
+        "/cluster/members/{id}" => "DELETE",
+        p if p.starts_with("/raft/") => "POST",
+        "/sessions"
+        | "/leases"
+        | "/leases/{id}/keepalive"
+        | "/txn"
+        | "/admin/snapshot"
+        | "/admin/transfer-leader"
+        | "/cluster/leader/transfer"
+        | "/cluster/members/{id}/promote" => "POST",
+        _ => "GET",
+    }
+}
+
+async fn method_not_allowed(req: HttpRequest) -> HttpResponse {
+    let allow = allowed_methods(req.match_pattern().as_deref().unwrap_or(""));
+    let err = ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
-        format!("{} is not supported on {}", req.method(), req.path()),
-    ))
+        format!("{} is not supported on {}; it takes {allow}", req.method(), req.path()),
+    );
+    let mut resp = actix_web::ResponseError::error_response(&err);
+    resp.headers_mut().insert(actix_web::http::header::ALLOW, actix_web::http::header::HeaderValue::from_static(allow));
+    resp
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -288,6 +319,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     )
     .service(web::resource("/txn").route(web::post().to(txn::post_txn)).default_service(web::to(method_not_allowed)))
     .service(web::resource("/health").route(web::get().to(admin::health)).default_service(web::to(method_not_allowed)))
+    .service(web::resource("/ui").route(web::get().to(ui::page)).default_service(web::to(method_not_allowed)))
+    .service(web::resource("/ui/app.js").route(web::get().to(ui::script)).default_service(web::to(method_not_allowed)))
+    .service(web::resource("/ui/app.css").route(web::get().to(ui::style)).default_service(web::to(method_not_allowed)))
+    .service(web::resource("/ui/events").route(web::get().to(ui::events)).default_service(web::to(method_not_allowed)))
     .service(
         web::resource("/openapi.json")
             .route(web::get().to(admin::openapi))

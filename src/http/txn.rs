@@ -82,7 +82,7 @@ fn parse_compare(v: &Value, at: At, max_value: usize) -> Result<Compare, ApiErro
     let given: Vec<&str> = ["value", "revision", "exists"].into_iter().filter(|f| map.contains_key(*f)).collect();
     match given.as_slice() {
         ["value"] => Ok(Compare::Value { key, value: value_field(map, &at, max_value)? }),
-        ["revision"] => match map["revision"].as_u64() {
+        ["revision"] => match super::client_api::whole_number(&map["revision"]) {
             Some(revision) => Ok(Compare::Revision { key, revision }),
             None => {
                 Err(invalid(&format!("{at}.revision"), "must be a non-negative integer (0: the key does not exist)"))

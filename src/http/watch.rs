@@ -223,11 +223,19 @@ pub async fn stream(
         let chunk = w.next_chunk().await?;
         Some((Ok::<_, std::convert::Infallible>(chunk), w))
     });
-    Ok(HttpResponse::Ok()
+    Ok(event_stream(body))
+}
+
+/// A Server-Sent Events answer from a stream of chunks: never cached,
+/// never buffered by a proxy.
+pub(super) fn event_stream(
+    body: impl futures_util::Stream<Item = Result<Bytes, std::convert::Infallible>> + 'static,
+) -> HttpResponse {
+    HttpResponse::Ok()
         .content_type("text/event-stream")
         .insert_header(("cache-control", "no-cache"))
         .insert_header(("x-accel-buffering", "no"))
-        .streaming(body))
+        .streaming(body)
 }
 
 struct Stream {
